@@ -1,0 +1,60 @@
+"""fewseg: meta-learned few-shot image segmentation (the MAML family on torch.func).
+
+Example:
+    >>> import fewseg
+    >>> model = fewseg.create_model("seed-cnn")
+    >>> algo = fewseg.create_algorithm("maml", model, inner_steps=5, inner_lr=0.01)
+    >>> ds = fewseg.create_dataset("synthetic", split="train", seed=0)
+    >>> sampler = fewseg.EpisodeSampler(ds, shots=5, queries=5, seed=0)
+    >>> loss = algo.outer_loss(sampler.meta_batch(4)); loss.backward()
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fewseg import algorithms as _algorithms  # noqa: F401  (registers algorithms)
+from fewseg import models as _models  # noqa: F401  (registers models)
+from fewseg.algorithms.base import Adapted, MetaAlgorithm
+from fewseg.data import register_datasets as _register_datasets
+from fewseg.data.base import Record, Sample, SegmentationDataset
+from fewseg.data.episode import Episode, MetaBatch, collate
+from fewseg.data.sampler import EpisodeSampler
+from fewseg.errors import CheckpointError, ConfigError, DataError, FewsegError, TrainingError
+from fewseg.registry import ALGORITHMS, DATASETS, MODELS
+
+__version__ = "0.1.0"
+_register_datasets()
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def create_model(name: str, **kwargs: Any):
+    """A registered network: nn.Module mapping [B,3,H,W] -> [B,1,H,W] foreground logits."""
+    return MODELS.create(name, **kwargs)
+
+
+def list_algorithms() -> list[str]:
+    return ALGORITHMS.names()
+
+
+def create_algorithm(name: str, model, **kwargs: Any) -> MetaAlgorithm:
+    """A registered meta-learning algorithm wrapping ``model`` (e.g. "maml", "fomaml")."""
+    return ALGORITHMS.create(name, model, **kwargs)
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def create_dataset(name: str, **kwargs: Any) -> SegmentationDataset:
+    """A registered dataset, e.g. ``create_dataset("synthetic", split="train", seed=0)``."""
+    return DATASETS.create(name, **kwargs)
+
+
+__all__ = [
+    "Adapted", "MetaAlgorithm", "Record", "Sample", "SegmentationDataset", "Episode", "MetaBatch", "collate",
+    "EpisodeSampler", "FewsegError", "DataError", "ConfigError", "CheckpointError", "TrainingError",
+    "list_models", "create_model", "list_algorithms", "create_algorithm", "list_datasets", "create_dataset",
+]

@@ -1,0 +1,232 @@
+"""MetaAlgorithm: the shared machinery of the MAML family.
+
+Subclasses change one thing each (which parameters adapt, the inner rates, the outer loss, the update),
+never the inner loop itself (``fewseg.algorithms.inner_loop``).
+
+Example:
+    >>> algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn"), inner_steps=5, inner_lr=0.01)
+    >>> loss = algo.outer_loss(batch); loss.backward()       # meta-gradient in algo.model's .grad
+    >>> adapted = algo.adapt(support_x, support_y)           # one task: [S,3,H,W], [S,1,H,W]
+    >>> probs = adapted.predict(query_x)                     # [N,1,H,W] foreground probabilities
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import vmap
+
+from fewseg.algorithms.inner_loop import Params, inner_loop, make_forward
+from fewseg.data.episode import Episode, MetaBatch, check_images, check_masks
+from fewseg.losses import get_loss
+
+STRATEGIES = ("auto", "loop", "vmap")
+
+
+def default_strategy(device: torch.device) -> str:
+    """Per-device default chosen by benchmarks/meta_step.py: a per-task loop on CPU, vmap on CUDA."""
+    return "vmap" if device.type == "cuda" else "loop"
+
+
+def check_norm_layers(model: nn.Module, batchnorm: str) -> None:
+    """BatchNorm needs an explicit policy so running statistics never leak from query images.
+
+    batchnorm="error" (default): refuse models with BatchNorm. "batch-stats": every BatchNorm uses the
+    statistics of the current batch only (train and test, as in the original MAML), no running stats.
+    """
+    bns = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    if batchnorm == "batch-stats":
+        torch.func.replace_all_batch_norm_modules_(model)
+        return
+    if batchnorm != "error":
+        raise ValueError(f"batchnorm must be 'error' or 'batch-stats', got {batchnorm!r}")
+    raise ValueError(f"model has BatchNorm layer {bns[0]!r}: use GroupNorm, or pass batchnorm='batch-stats' "
+                     "(per-batch statistics, no running statistics)")
+
+
+@dataclass
+class Adapted:
+    """A model with task-adapted weights. ``predict(images [N,3,H,W]) -> [N,1,H,W]`` probabilities."""
+
+    forward: Callable[[Params, torch.Tensor], torch.Tensor]
+    params: Params
+    chunk: int = 16
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        check_images("images", images, 4)
+        return torch.cat([self.forward(self.params, images[i:i + self.chunk])
+                          for i in range(0, images.shape[0], self.chunk)])
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(images))
+
+
+class MetaAlgorithm(nn.Module):
+    """MAML with exact second-order meta-gradients (``first_order=True`` drops them).
+
+    outer loss = mean over the T tasks of the query loss after ``inner_steps`` SGD steps (rate ``inner_lr``)
+    on each task's support loss, taken from the model's current parameters.
+
+    strategy: "loop" runs tasks one at a time (backward per task in ``meta_backward``: memory flat in T);
+    "vmap" batches ``task_chunk`` tasks with torch.func.vmap; "auto" picks per device.
+    adapt_pattern: regex over parameter names; only matching parameters adapt in the inner loop (ANIL).
+    proximal: iMAML-style lambda/2 ||phi - theta||^2 in the inner loss.
+    """
+
+    name = "maml"
+
+    def __init__(self, model: nn.Module, inner_steps: int = 5, inner_lr: float = 0.01, first_order: bool = False,
+                 loss: str = "bce", strategy: str = "auto", task_chunk: int = 0, adapt_pattern: str | None = None,
+                 proximal: float = 0.0, eval_steps: int | None = None, batchnorm: str = "error"):
+        super().__init__()
+        if inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
+        if inner_lr <= 0:
+            raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        check_norm_layers(model, batchnorm)
+        self.model = model
+        self.inner_steps, self.inner_lr, self.first_order = inner_steps, float(inner_lr), first_order
+        self.loss_name, self.loss_fn = loss, get_loss(loss)
+        self.strategy, self.task_chunk, self.proximal = strategy, task_chunk, float(proximal)
+        self.eval_steps = inner_steps if eval_steps is None else eval_steps
+        names = [n for n, _ in model.named_parameters()]
+        if adapt_pattern:
+            self.adapt_names = [n for n in names if re.search(adapt_pattern, n)]
+            if not self.adapt_names:
+                raise ValueError(f"adapt_pattern {adapt_pattern!r} matches no parameter of the model "
+                                 f"(names: {', '.join(names[:6])} ...)")
+        else:
+            self.adapt_names = names
+        self.iteration = 0  # outer iteration, set by the trainer (annealing schedules read it)
+
+    # --- pieces subclasses override -------------------------------------------------------------
+    def lr_for(self, step: int, name: str) -> float | torch.Tensor:
+        """Inner learning rate of parameter ``name`` at inner step ``step``."""
+        return self.inner_lr
+
+    def use_second_order(self) -> bool:
+        return not self.first_order
+
+    def query_loss(self, forward, trajectory: list[Params], ep: Episode) -> torch.Tensor:
+        """The task's outer loss from its inner trajectory: query loss at the last step."""
+        return self.loss_fn(forward(trajectory[-1], ep.query_x), ep.query_y, ep.query_ignore)
+
+    def task_weights(self, losses: torch.Tensor, batch: MetaBatch) -> torch.Tensor:
+        """Weights [T] over tasks in the outer loss (uniform mean)."""
+        return torch.full_like(losses, 1.0 / losses.numel())
+
+    # --- shared machinery ------------------------------------------------------------------------
+    def params_and_forward(self):
+        params = dict(self.model.named_parameters())
+        buffers = dict(self.model.named_buffers())
+        return params, make_forward(self.model, buffers)
+
+    def _task_loss(self, forward, params: Params, ep: Episode, functional_grad: bool) -> torch.Tensor:
+        trajectory = inner_loop(forward, params, self.adapt_names, ep.support_x, ep.support_y, ep.support_ignore,
+                                self.inner_steps, self.lr_for, self.loss_fn, create_graph=self.use_second_order(),
+                                functional_grad=functional_grad, proximal=self.proximal)
+        return self.query_loss(forward, trajectory, ep)
+
+    def _resolve_chunk(self, batch: MetaBatch) -> int:
+        strategy = self.strategy
+        if strategy == "auto":
+            strategy = default_strategy(batch.support_x.device)
+        if strategy == "loop":
+            return 1
+        return self.task_chunk if self.task_chunk > 0 else batch.num_tasks
+
+    def task_losses(self, batch: MetaBatch, start: int, end: int) -> torch.Tensor:
+        """Outer losses [end-start] of tasks start..end-1, differentiable w.r.t. the meta-parameters."""
+        params, forward = self.params_and_forward()
+        if end - start == 1:
+            return self._task_loss(forward, params, batch.task(start), functional_grad=False).reshape(1)
+
+        def one(sx, sy, si, qx, qy, qi):
+            return self._task_loss(forward, params, Episode(sx, sy, qx, qy, si, qi), functional_grad=True)
+
+        sl = slice(start, end)
+        s_ign = batch.support_ignore if batch.support_ignore is not None else torch.zeros_like(batch.support_y).bool()
+        q_ign = batch.query_ignore if batch.query_ignore is not None else torch.zeros_like(batch.query_y).bool()
+        return vmap(one, randomness="same")(batch.support_x[sl], batch.support_y[sl], s_ign[sl],
+                                            batch.query_x[sl], batch.query_y[sl], q_ign[sl])
+
+    def outer_loss(self, batch: MetaBatch) -> torch.Tensor:
+        """Scalar meta-loss with the whole graph kept; ``.backward()`` gives the meta-gradient."""
+        chunk = self._resolve_chunk(batch)
+        losses = torch.cat([self.task_losses(batch, s, min(s + chunk, batch.num_tasks))
+                            for s in range(0, batch.num_tasks, chunk)])
+        return (self.task_weights(losses.detach(), batch) * losses).sum()
+
+    def meta_backward(self, batch: MetaBatch) -> dict:
+        """Accumulate the meta-gradient into ``.grad`` chunk by chunk (one chunk's graph alive at a time).
+
+        Returns logs: {"loss": weighted meta-loss, "task_losses": [T]}. Same gradient as outer_loss().backward()
+        for weightings that do not depend on the losses; those that do (see task_weights) are computed from
+        a first no-graph pass.
+        """
+        chunk = self._resolve_chunk(batch)
+        T = batch.num_tasks
+        weights = None
+        if self.weights_need_losses():
+            with torch.no_grad():
+                pre = torch.cat([self._eval_task_losses(batch, s, min(s + chunk, T)) for s in range(0, T, chunk)])
+            weights = self.task_weights(pre, batch)
+        values = []
+        for s in range(0, T, chunk):
+            e = min(s + chunk, T)
+            losses = self.task_losses(batch, s, e)
+            w = weights[s:e] if weights is not None else torch.full_like(losses, 1.0 / T)
+            (w * losses).sum().backward()
+            values.append(losses.detach())
+        losses = torch.cat(values)
+        if weights is None:
+            weights = torch.full_like(losses, 1.0 / T)
+        return {"loss": float((weights * losses).sum()), "task_losses": losses.tolist(),
+                "task_weights": weights.tolist()}
+
+    def weights_need_losses(self) -> bool:
+        return False
+
+    def _eval_task_losses(self, batch: MetaBatch, start: int, end: int) -> torch.Tensor:
+        out = []
+        for i in range(start, end):
+            ep = batch.task(i)
+            adapted = self.adapt(ep.support_x, ep.support_y, support_ignore=ep.support_ignore)
+            out.append(self.loss_fn(adapted.logits(ep.query_x), ep.query_y, ep.query_ignore))
+        return torch.stack(out)
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
+              lr: float | None = None, support_ignore: torch.Tensor | None = None) -> Adapted:
+        """Adapt to one task (no outer graph): support_x [S,3,H,W], support_y [S,1,H,W] in {0,1}."""
+        check_images("support_x", support_x, 4)
+        check_masks("support_y", support_y, support_x)
+        if support_ignore is not None:
+            check_masks("support_ignore", support_ignore, support_x, binary=False)
+            support_ignore = support_ignore.bool()
+        steps = self.eval_steps if steps is None else steps
+        lr_for = self.lr_for if lr is None else (lambda step, name: lr)
+        params, forward = self.params_and_forward()
+        with torch.no_grad():
+            rates = {(k, n): _detach(lr_for(min(k, self.inner_steps - 1) if self.inner_steps else k, n))
+                     for k in range(steps) for n in self.adapt_names}
+        trajectory = inner_loop(forward, params, self.adapt_names, support_x, support_y.to(support_x.dtype),
+                                support_ignore, steps, lambda k, n: rates[(k, n)], self.loss_fn,
+                                create_graph=False, keep_graph=False, proximal=self.proximal)
+        final = {n: p.detach() for n, p in trajectory[-1].items()}
+        return Adapted(forward, final)
+
+    def extra_state(self) -> dict:
+        """JSON-able algorithm state saved in checkpoints beside the tensors (e.g. the iteration)."""
+        return {"iteration": self.iteration}
+
+
+def _detach(v):
+    return v.detach() if isinstance(v, torch.Tensor) else v

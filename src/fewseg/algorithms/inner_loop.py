@@ -1,0 +1,71 @@
+"""The functional inner loop shared by every algorithm (torch.func.functional_call + gradients).
+
+``inner_loop`` takes parameters as a dict and returns the trajectory of adapted parameter dicts,
+so the same code serves second-order MAML (``create_graph=True``), first-order variants
+(gradients detached), plain adaptation at test time (``keep_graph=False``: nothing is tracked),
+and the batched path under ``torch.func.vmap`` (``functional_grad=True``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+from torch.func import functional_call
+
+from fewseg.losses import LossFn
+
+Params = dict[str, torch.Tensor]
+# lr_for(step, name) -> a float or a tensor broadcastable to the parameter (per-element / per-tensor rate)
+LearningRates = Callable[[int, str], "float | torch.Tensor"]
+
+
+def make_forward(model: torch.nn.Module, buffers: Mapping[str, torch.Tensor]) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+    """forward(params, images [N,3,H,W]) -> logits [N,1,H,W], running ``model`` with the given weights."""
+
+    def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, {**params, **buffers}, (x,), strict=False)
+
+    return forward
+
+
+def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: Params, adapt_names: list[str],
+               x: torch.Tensor, y: torch.Tensor, ignore: torch.Tensor | None, steps: int,
+               lr_for: LearningRates, loss_fn: LossFn, create_graph: bool, keep_graph: bool = True,
+               functional_grad: bool = False, proximal: float = 0.0) -> list[Params]:
+    """Take ``steps`` SGD steps on the support loss; return [params_0, ..., params_steps].
+
+    x [S,3,H,W], y [S,1,H,W], ignore [S,1,H,W] | None. Only ``adapt_names`` change; the others are shared.
+    create_graph: keep second-order terms (MAML); False drops them (first order: d phi / d theta = I).
+    keep_graph: False detaches after every step (test-time adaptation builds no outer graph at all).
+    functional_grad: use torch.func.grad (required under vmap) instead of torch.autograd.grad.
+    proximal: lambda of the iMAML-style term lambda/2 * ||phi - theta||^2 added to the support loss.
+    """
+    anchor = {n: params[n].detach() if not keep_graph else params[n] for n in adapt_names}
+    if not keep_graph:
+        params = {n: (p.detach().requires_grad_(True) if n in anchor else p.detach()) for n, p in params.items()}
+    trajectory = [params]
+
+    def support_loss(adapted: Params, shared: Params) -> torch.Tensor:
+        loss = loss_fn(forward({**shared, **adapted}, x), y, ignore)
+        if proximal:
+            loss = loss + 0.5 * proximal * sum(((adapted[n] - anchor[n]) ** 2).sum() for n in adapted)
+        return loss
+
+    with torch.enable_grad():  # the inner loop needs gradients even when called under no_grad
+        for step in range(steps):
+            adapted = {n: params[n] for n in adapt_names}
+            if functional_grad:
+                grads = torch.func.grad(support_loss)(adapted, params)
+            else:
+                loss = support_loss(adapted, params)
+                values = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
+                grads = dict(zip(adapted, values))
+            new = dict(params)
+            for n in adapt_names:
+                g = grads[n] if create_graph else grads[n].detach()
+                new[n] = params[n] - lr_for(step, n) * g
+                if not keep_graph:
+                    new[n] = new[n].detach().requires_grad_(True)
+            params = new
+            trajectory.append(params)
+    return trajectory

@@ -1,0 +1,23 @@
+"""MAML (Finn et al., 2017) and its first-order approximation FOMAML."""
+from __future__ import annotations
+
+from fewseg.algorithms.base import MetaAlgorithm
+from fewseg.registry import ALGORITHMS
+
+
+@ALGORITHMS.register("maml")
+class MAML(MetaAlgorithm):
+    """Second-order MAML by default; ``first_order=True`` is FOMAML."""
+
+    name = "maml"
+
+
+@ALGORITHMS.register("fomaml")
+class FOMAML(MetaAlgorithm):
+    """First-order MAML: the meta-gradient is the query-loss gradient at the adapted weights."""
+
+    name = "fomaml"
+
+    def __init__(self, model, **kwargs):
+        kwargs["first_order"] = True
+        super().__init__(model, **kwargs)

@@ -1,0 +1,87 @@
+"""The one place that builds episodes from any dataset, with its own seeded generator.
+
+Example:
+    >>> ds = fewseg.create_dataset("synthetic", split="train", seed=0)
+    >>> sampler = fewseg.EpisodeSampler(ds, shots=5, queries=5, seed=0)
+    >>> batch = sampler.meta_batch(4)          # MetaBatch with T=4
+    >>> episodes = sampler.fixed_episodes(100) # a fixed list for evaluation
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Iterator
+
+import torch
+
+from fewseg.data.base import SegmentationDataset
+from fewseg.data.episode import Episode, MetaBatch, collate
+from fewseg.errors import DataError
+
+
+class EpisodeSampler:
+    """Draws episodes: a class, then ``shots`` support and ``queries`` query images of it, disjoint.
+
+    Classes with fewer than ``shots + queries`` usable images are skipped with a warning (or, with
+    ``strict=True``, raise a :class:`DataError` naming them). All randomness comes from ``self.generator``.
+    ``augment(image, mask, ignore, generator)`` is applied per image when given (training only).
+    """
+
+    def __init__(self, dataset: SegmentationDataset, shots: int = 5, queries: int = 5, seed: int = 0,
+                 strict: bool = False, augment: Callable | None = None):
+        if shots < 1 or queries < 1:
+            raise ValueError(f"shots and queries must be >= 1, got shots={shots}, queries={queries}")
+        self.dataset, self.shots, self.queries, self.augment = dataset, shots, queries, augment
+        self.generator = torch.Generator().manual_seed(seed)
+        need = shots + queries
+        self.classes: list[int] = []
+        self._items: dict[int, list] = {}
+        too_few = []
+        for c in dataset.class_ids():
+            items = list(dataset.items(c))
+            if len(items) >= need:
+                self.classes.append(c)
+                self._items[c] = items
+            else:
+                too_few.append(f"{dataset.class_names[c]!r} ({len(items)} images)")
+        if too_few:
+            msg = (f"{len(too_few)} class(es) of {dataset.name} have fewer than shots+queries={need} usable "
+                   f"images: {', '.join(too_few[:5])}{' ...' if len(too_few) > 5 else ''}")
+            if strict or not self.classes:
+                raise DataError(msg + ("" if self.classes else "; no class is left to sample"))
+            warnings.warn(msg + "; skipping them", stacklevel=2)
+
+    def _randint(self, n: int) -> int:
+        return int(torch.randint(n, (1,), generator=self.generator))
+
+    def sample(self, class_id: int | None = None) -> Episode:
+        """One episode of ``class_id`` (or of a uniformly drawn class)."""
+        c = self.classes[self._randint(len(self.classes))] if class_id is None else class_id
+        if c not in self._items:
+            raise DataError(f"class {c} is not available in this sampler (too few images or other split)")
+        items = self._items[c]
+        order = torch.randperm(len(items), generator=self.generator)[: self.shots + self.queries].tolist()
+        samples = []
+        for i in order:
+            s = self.dataset.load(items[i], c)
+            if self.augment is not None:
+                s.image, s.mask, s.ignore = self.augment(s.image, s.mask, s.ignore, self.generator)
+            samples.append(s)
+
+        def stack(part: list, field: str) -> torch.Tensor:
+            return torch.stack([getattr(s, field) for s in part])
+
+        sup, qry = samples[: self.shots], samples[self.shots:]
+        return Episode(stack(sup, "image"), stack(sup, "mask"), stack(qry, "image"), stack(qry, "mask"),
+                       stack(sup, "ignore"), stack(qry, "ignore"), c, tuple(items[i] for i in order))
+
+    def meta_batch(self, num_tasks: int) -> MetaBatch:
+        """``num_tasks`` episodes of independently drawn classes, collated."""
+        return collate([self.sample() for _ in range(num_tasks)])
+
+    def fixed_episodes(self, n: int) -> list[Episode]:
+        """``n`` episodes cycling over the classes in order (balanced per class), for evaluation."""
+        return [self.sample(self.classes[i % len(self.classes)]) for i in range(n)]
+
+    def __iter__(self) -> Iterator[Episode]:
+        while True:
+            yield self.sample()

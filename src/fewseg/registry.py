@@ -1,0 +1,43 @@
+"""One registry per kind of component (models, algorithms, datasets).
+
+Example:
+    >>> from fewseg.registry import MODELS
+    >>> "seed-cnn" in MODELS.names()
+    True
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class Registry:
+    """A name -> factory map with clear errors for unknown names."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._factories: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._factories:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._factories[name] = factory
+            return factory
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._factories:
+            raise KeyError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+        return self._factories[name]
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get(name)(*args, **kwargs)
+
+
+MODELS = Registry("model")
+ALGORITHMS = Registry("algorithm")
+DATASETS = Registry("dataset")
