@@ -1,0 +1,126 @@
+"""Meta-training engine: configs, exact resume, Ctrl-C, NaN guard, checkpoints, CLI errors."""
+import json
+import math
+
+import pytest
+import torch
+
+from fewseg.cli import main
+from fewseg.config import config_from_dict, load_config
+from fewseg.engine.checkpoint import load_checkpoint
+from fewseg.engine.trainer import Trainer, resume_trainer
+from fewseg.errors import CheckpointError, ConfigError, TrainingError
+
+TINY = {
+    "seed": 3,
+    "data": {"name": "synthetic", "image_size": 32},
+    "model": {"name": "seed-cnn", "options": {"width": 4}},
+    "algorithm": {"name": "maml", "inner_steps": 1, "inner_lr": 0.1},
+    "train": {"iterations": 6, "meta_batch": 2, "shots": 2, "queries": 2, "outer_lr": 0.01, "schedule": "cosine",
+              "val_every": 3, "val_episodes": 2, "checkpoint_every": 3},
+    "eval": {"episodes": 2, "shots": [1, 2], "long_steps": 2, "transfer_images": 20},
+}
+
+
+def tiny(tmp_path, *overrides):
+    return config_from_dict(TINY, [f"output={tmp_path}", *overrides])
+
+
+def test_unknown_or_bad_config_keys_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="'train.iteratons'"):
+        config_from_dict(TINY, ["train.iteratons=5"])
+    with pytest.raises(ConfigError, match="'algorithm.inner_lr' must be float"):
+        config_from_dict(TINY, ["algorithm.inner_lr=fast"])
+    with pytest.raises(ConfigError, match="'train.meta_batch' has a bad value"):
+        config_from_dict(TINY, ["train.meta_batch=0"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  iterations: 5\n modl: x\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="model.options.widht|unexpected keyword argument 'widht'"):
+        Trainer(tiny(tmp_path, "model.options.widht=3"), progress=False)
+
+
+def test_dotted_overrides_parse_yaml_values():
+    cfg = config_from_dict(TINY, ["train.iterations=9", "eval.shots=[1,5]", "algorithm.first_order=true"])
+    assert cfg.train.iterations == 9 and cfg.eval.shots == [1, 5] and cfg.algorithm.first_order is True
+
+
+def test_training_writes_logs_and_checkpoints_with_config_and_versions(tmp_path):
+    result = Trainer(tiny(tmp_path), progress=False).fit()
+    assert result["iteration"] == 6
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(1, 7))
+    assert all(math.isfinite(r["loss"]) for r in rows) and "val_miou" in rows[2]
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last")
+    assert ckpt.meta["iteration"] == 6 and ckpt.meta["config"]["train"]["iterations"] == 6
+    assert "torch" in ckpt.meta["versions"]
+    assert (tmp_path / "checkpoints" / "best" / "weights.safetensors").exists()
+
+
+def test_interrupt_then_resume_reaches_the_same_weights(tmp_path, monkeypatch):
+    straight = Trainer(tiny(tmp_path / "a"), progress=False)
+    straight.fit()
+
+    interrupted = Trainer(tiny(tmp_path / "b"), progress=False)
+    calls = {"n": 0}
+    original = interrupted.algo.meta_backward
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == 5:  # Ctrl-C in the middle of iteration 5
+            raise KeyboardInterrupt
+        return original(batch)
+
+    monkeypatch.setattr(interrupted.algo, "meta_backward", flaky)
+    with pytest.raises(TrainingError, match="interrupted at iteration 4"):
+        interrupted.fit()
+    resumed = resume_trainer(tmp_path / "b", progress=False)
+    assert resumed.iteration == 4
+    resumed.fit()
+    for (name, a), b in zip(straight.algo.state_dict().items(), resumed.algo.state_dict().values()):
+        assert torch.equal(a, b), name
+    log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in log] == list(range(1, 7))
+
+
+def test_nan_meta_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(tiny(tmp_path), progress=False)
+    original = trainer.algo.meta_backward
+    calls = {"n": 0}
+
+    def diverging(batch):
+        calls["n"] += 1
+        logs = original(batch)
+        if calls["n"] == 5:
+            logs["loss"] = float("nan")
+        return logs
+
+    monkeypatch.setattr(trainer.algo, "meta_backward", diverging)
+    with pytest.raises(TrainingError, match="meta-loss is nan at iteration 5.*last good checkpoint kept"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "checkpoints" / "last").meta["iteration"] == 3
+
+
+def test_cli_reports_config_and_checkpoint_errors_in_one_line(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  iterations: 2\n  shotz: 3\n")
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fewseg: unknown config key 'train.shotz'") and "\n" not in err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "no checkpoint found" in capsys.readouterr().err
+
+
+def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
+    from fewseg.engine.session import load_algorithm
+    Trainer(tiny(tmp_path), progress=False).fit()
+    ckpt = tmp_path / "checkpoints" / "last"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["config"]["model"] = {"name": "unet", "options": {"depth": 2, "width": 4}}
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not fit model 'unet'"):
+        load_algorithm(ckpt)
+    (ckpt / "weights.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="weights.safetensors"):
+        load_algorithm(ckpt)
