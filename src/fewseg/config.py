@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -157,8 +158,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def config_from_dict(data: dict, overrides: list[str] | tuple = ()) -> Config:
-    tree = dict(data or {})
-    tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    tree = copy.deepcopy(dict(data or {}))  # overrides never modify the caller's dict
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)

@@ -95,18 +95,19 @@ def find_support_pairs(folder: Path) -> list[tuple[Path, Path]]:
         raise DataError(f"support folder {folder} does not exist")
     mask_dir = folder / "masks" if (folder / "masks").is_dir() else None
     image_dir = folder / "images" if (folder / "images").is_dir() else folder
+    files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    non_png_stems = {p.stem for p in files if p.suffix.lower() != ".png"}
     pairs = []
-    for img in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS):
-        if img.stem.endswith("_mask"):
-            continue
+    for img in files:
+        if img.stem.endswith("_mask") or (img.suffix.lower() == ".png" and img.stem in non_png_stems
+                                          and mask_dir is None):
+            continue  # a mask, not an image
         candidates = ([mask_dir / f"{img.stem}.png"] if mask_dir else
                       [folder / f"{img.stem}_mask.png"] + ([folder / f"{img.stem}.png"] if img.suffix.lower() != ".png"
                                                             else []))
         mask = next((c for c in candidates if c.exists()), None)
         if mask is None:
             raise DataError(f"support image {img} has no mask (looked for {', '.join(str(c) for c in candidates)})")
-        if mask == img:
-            continue
         pairs.append((img, mask))
     if not pairs:
         raise DataError(f"support folder {folder} holds no image with a mask")

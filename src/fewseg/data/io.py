@@ -1,0 +1,162 @@
+"""Decoding image files into numpy arrays: photos, binary masks and class-id label maps.
+
+Every failure is a :class:`~fewseg.errors.DataError` with one line that names the file.
+
+Example:
+    >>> img = read_image("cat/1.jpg")              # uint8 [H,W,3]
+    >>> fg, ignore = read_binary_mask("cat/1.png")  # bool [H,W], bool [H,W]
+    >>> labels = read_label_map("labels/0001.png")  # uint8 [H,W] class ids (int64 for 16-bit files)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fewseg.errors import DataError
+
+_HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _open(path: str | os.PathLike, what: str) -> Image.Image:
+    """The fully decoded PIL image at ``path``, or a DataError naming it."""
+    im = None
+    try:
+        im = Image.open(path)
+        im.load()  # decode now: truncated or corrupt data fails here, not later
+        return im
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{what} {path} is not a readable image file") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated, bad CRC, permission, ...
+        if im is not None:
+            im.close()
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read {what} {path}: {reason}") from None
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """Scale a 16/32-bit integer or float grey array to uint8."""
+    if a.dtype.kind == "f":
+        a = a * 255.0 if a.size and np.nanmax(a) <= 1.0 else a
+        return np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
+    if a.size and a.max() > 255:
+        return (np.clip(a, 0, 65535) / 257.0).round().astype(np.uint8)
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """The photo at ``path`` as uint8 [H,W,3] RGB, whatever its mode (L, RGBA, CMYK, P, I;16, ...).
+
+    Alpha is dropped; 16-bit grey is scaled to 8 bits. EXIF orientation is *not* applied, so the
+    pixels stay aligned with masks drawn on the stored pixel grid.
+    """
+    im = _open(path, "image")
+    try:
+        if im.mode in _HIGH_BIT_MODES:
+            grey = _to_uint8(np.asarray(im))
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        return np.asarray(im, dtype=np.uint8).copy()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot convert image {path} (mode {im.mode}) to RGB: {exc}") from None
+
+
+def _binary_from_values(v: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """fg/ignore from one integer channel: two-valued {0,m} masks -> (v == m); else threshold."""
+    ignore = np.zeros(v.shape, dtype=bool)
+    if v.size == 0:
+        return ignore.copy(), ignore
+    vmax = int(v.max())
+    if vmax == 0:
+        return np.zeros(v.shape, dtype=bool), ignore
+    counts = np.bincount(v.ravel().astype(np.int64, copy=False), minlength=vmax + 1)
+    present = np.flatnonzero(counts)
+    if len(present) <= 2 and present[0] in (0, vmax):  # {0,m} or {m}: 0/1, 0/255, 0/k masks
+        return v == vmax, ignore
+    if set(present.tolist()) <= {0, 1, 255}:           # VOC style: 1 = object, 255 = void
+        return v == 1, v == 255
+    return v > half, ignore                            # anti-aliased: threshold at half the range
+
+
+def read_binary_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """A class-folder mask as (foreground bool [H,W], ignore bool [H,W]).
+
+    Accepted encodings: 0/1, 0/255 or any {0,k}; anti-aliased 8-bit (> 127) or 16-bit (> 32767; a 16-bit
+    file whose values stay <= 255 is read as 8-bit); {0,1,255} = object/void; palette (index != 0 is
+    foreground, index 255 is void when other non-zero indices occur); L, LA, RGB, RGBA (max over RGB;
+    alpha is used when it varies and RGB is constant); mode "1".
+    """
+    im = _open(path, "mask")
+    mode = im.mode
+    if mode == "1":
+        fg = np.asarray(im, dtype=bool)
+        return fg, np.zeros_like(fg)
+    a = np.asarray(im)
+    if mode == "P" or mode == "PA":
+        idx = a if a.ndim == 2 else a[:, :, 0]
+        ignore = np.zeros(idx.shape, dtype=bool)
+        if (idx == 255).any() and ((idx != 0) & (idx != 255)).any():
+            ignore = idx == 255
+        return (idx != 0) & ~ignore, ignore
+    if mode in _HIGH_BIT_MODES:
+        if a.dtype.kind == "f":
+            a = (a * 255.0 if a.size and a.max() <= 1.0 else a).clip(0, 255).astype(np.uint8)
+            return _binary_from_values(a, 127)
+        a = a.astype(np.int64)
+        if a.size and a.min() < 0:
+            raise DataError(f"mask {path} has negative values")
+        return _binary_from_values(a, 127 if a.max(initial=0) <= 255 else 32767)
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        a = a if a.ndim == 3 else a[:, :, None]
+        colour, alpha = (a[:, :, :-1], a[:, :, -1]) if mode in ("LA", "RGBA") else (a, None)
+        value = colour.max(axis=2)
+        if alpha is not None and (alpha != 255).any() and (colour == colour.flat[0]).all():
+            value = alpha
+        return _binary_from_values(value, 127)
+    try:
+        return _binary_from_values(np.asarray(im.convert("L")), 127)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"mask {path} has unsupported mode {mode}: {exc}") from None
+
+
+def read_label_map(path: str | os.PathLike) -> np.ndarray:
+    """Class ids [H,W] from a label-map PNG: uint8 for 8-bit files (P indices, L values, grey RGB),
+    int64 for 16-bit files (values kept as they are, 255 still means ignore).
+
+    A colour-coded RGB label map (channels differ) is refused: convert it to class ids first.
+    """
+    im = _open(path, "label map")
+    mode = im.mode
+    a = np.asarray(im)
+    if mode in ("P", "L", "1"):
+        return a.astype(np.uint8)
+    if mode in ("PA", "LA"):
+        return a[:, :, 0].copy()
+    if mode in ("RGB", "RGBA"):
+        rgb = a[:, :, :3]
+        if (rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 0] == rgb[:, :, 2]).all():
+            return rgb[:, :, 0].copy()
+        raise DataError(f"label map {path} is a colour-coded RGB image; fewseg needs class ids "
+                        f"(one channel, mode L or P, pixel value = class id)")
+    if mode in _HIGH_BIT_MODES and a.dtype.kind in "iu":
+        a = a.astype(np.int64)
+        if a.size and a.min() < 0:
+            raise DataError(f"label map {path} has negative class ids")
+        return a
+    raise DataError(f"label map {path} has unsupported mode {mode}; expected L, P or 16-bit grey")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the file header only (no decoding)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DataError(f"image {path} does not exist") from None
+    except (OSError, ValueError, SyntaxError):
+        raise DataError(f"image {Path(path)} is not a readable image file") from None

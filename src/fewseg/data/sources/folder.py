@@ -1,0 +1,248 @@
+"""Class-folder datasets in the FSS-1000 layout: ``ROOT/<class>/<n>.jpg`` with mask ``ROOT/<class>/<n>.png``.
+
+Construction only lists folders; masks are decoded the first time a class's ``items()`` is asked for
+(to drop empty masks) and images in ``load()``.
+
+Example:
+    >>> ds = FolderDataset("data/fss", split="train", image_size=64, seed=0)
+    >>> c = ds.class_ids()[0]
+    >>> s = ds.load(ds.items(c)[0], c)   # image [3,64,64] float32 in [0,1], mask [1,64,64], ignore [1,64,64]
+    >>> fss = create_dataset("fss1000", root="data/FSS-1000", split="test")   # the 520/240/240 HSNet split
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Hashable, Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fewseg.data.base import Sample, SegmentationDataset
+from fewseg.data.io import read_binary_mask, read_image
+from fewseg.data.transforms import RESIZE_MODES, resize_pair
+from fewseg.errors import DataError
+from fewseg.registry import DATASETS
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+SPLITS = ("train", "val", "test", "all")
+SPLIT_FILES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
+
+
+def _few(names: Sequence[str], n: int = 5) -> str:
+    return ", ".join(map(str, names[:n])) + (f" ... (+{len(names) - n})" if len(names) > n else "")
+
+
+def _read_names(path: Path | str, text: str | None = None) -> list[str]:
+    text = Path(path).read_text() if text is None else text
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _pair_files(folder: Path) -> tuple[list[tuple[str, Path, Path | None]], bool]:
+    """[(stem, image, mask or None)] of one class folder, and whether the folder holds any file at all.
+
+    The mask of ``n.jpg`` is ``n.png``; a ``.png`` image (no non-png sibling) takes ``n_mask.png``.
+    """
+    files = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    by_stem: dict[str, list[Path]] = {}
+    for p in files.values():
+        if p.suffix.lower() in IMAGE_EXTS:
+            by_stem.setdefault(p.stem, []).append(p)
+    pairs = []
+    for stem in sorted(by_stem):
+        if stem.endswith("_mask") and stem[:-5] in by_stem:
+            continue
+        paths = by_stem[stem]
+        photos = sorted(p for p in paths if p.suffix.lower() != ".png")
+        pngs = [p for p in paths if p.suffix.lower() == ".png"]
+        if photos:
+            pairs.append((stem, photos[0], pngs[0] if pngs else files.get(f"{stem}_mask.png")))
+        else:
+            pairs.append((stem, pngs[0], files.get(f"{stem}_mask.png")))
+    return pairs, bool(files)
+
+
+class FolderDataset(SegmentationDataset):
+    """Binary masks in one folder per class; class ids are indices in the sorted folder names of ``root``.
+
+    Classes of a split come from ``classes`` (explicit names, split ignored), else ``split_files`` (a folder
+    with ``trn.txt``/``val.txt``/``test.txt``), else a seeded random split of the sorted names into disjoint
+    train/val/test by ``val_fraction``/``test_fraction``. ``split="all"`` takes every class.
+
+    Images whose mask is missing are skipped with a warning; masks with no foreground (or less than
+    ``min_foreground`` of the pixels) are left out of ``items()`` with a warning.
+
+    Example:
+        >>> ds = FolderDataset("data/fss", split="val", image_size=64, resize="pad")
+        >>> ds.describe()["classes"]    # {id: name} of the val classes
+    """
+
+    name = "folder"
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", image_size: int = 64,
+                 resize: str = "stretch", seed: int = 0, classes: Sequence[str] | None = None,
+                 split_files: str | os.PathLike | None = None, val_fraction: float = 0.2,
+                 test_fraction: float = 0.2, min_foreground: float = 0.0):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(f"val_fraction and test_fraction must be in [0,1) with a sum < 1, got "
+                             f"{val_fraction} and {test_fraction}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"dataset root {self.root} is not a folder")
+        self.split, self.image_size, self.resize, self.seed = split, int(image_size), resize, seed
+        self.min_foreground = float(min_foreground)
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        all_names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not all_names:
+            raise DataError(f"dataset root {self.root} holds no class folders")
+        self.all_class_names = all_names
+        names = self._select(all_names, classes, split_files)
+        index = {n: i for i, n in enumerate(all_names)}
+        self.class_names = {index[n]: n for n in sorted(names)}
+        self._pairs: dict[int, list[tuple[str, Path, Path]]] = {}
+        self._paths: dict[str, tuple[int, Path, Path]] = {}
+        for c, name in self.class_names.items():
+            self._pairs[c] = self._scan_class(name)
+            for stem, img, mask in self._pairs[c]:
+                self._paths[f"{name}/{img.name}"] = (c, img, mask)
+        self._items: dict[int, list[str]] = {}
+
+    # --- which classes --------------------------------------------------------------------------------
+    def _split_names(self, split_files: str | os.PathLike | None) -> dict[str, list[str]] | None:
+        """{"train"|"val"|"test": class names} from ``split_files``, or None for a random split."""
+        if split_files is None:
+            return None
+        folder = Path(split_files)
+        out = {}
+        for split, fname in SPLIT_FILES.items():
+            if not (folder / fname).is_file():
+                raise DataError(f"split file {folder / fname} does not exist")
+            out[split] = _read_names(folder / fname)
+        return out
+
+    def _select(self, all_names: list[str], classes, split_files) -> list[str]:
+        present = set(all_names)
+        if classes is not None:
+            wanted = [str(c) for c in classes]
+        else:
+            by_split = self._split_names(split_files)
+            if by_split is None:
+                wanted = self._random_split(all_names)
+            elif self.split == "all":
+                wanted = sorted({n for names in by_split.values() for n in names})
+            else:
+                wanted = by_split[self.split]
+        missing = [n for n in wanted if n not in present]
+        if missing:
+            raise DataError(f"{len(missing)} of {len(wanted)} {self.split} class(es) have no folder under "
+                            f"{self.root}: {_few(missing)}")
+        if not wanted:
+            raise DataError(f"no {self.split} classes in {self.root}")
+        return wanted
+
+    def _random_split(self, names: list[str]) -> list[str]:
+        if self.split == "all":
+            return list(names)
+        n = len(names)
+        n_test = round(n * self.test_fraction)
+        n_val = round(n * self.val_fraction)
+        if n >= 3:  # every non-zero fraction gets at least one class while train keeps one
+            n_test = max(n_test, 1 if self.test_fraction > 0 else 0)
+            n_val = max(n_val, 1 if self.val_fraction > 0 else 0)
+        if n - n_test - n_val < 1:
+            raise DataError(f"{self.root} has {n} class folder(s): too few to split into train/val/test "
+                            f"(fractions {self.val_fraction}/{self.test_fraction}); "
+                            f"pass split='all' or classes=")
+        perm = np.random.default_rng(self.seed).permutation(n)
+        parts = {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
+        return [names[i] for i in sorted(parts[self.split])]
+
+    # --- files ----------------------------------------------------------------------------------------
+    def _scan_class(self, name: str) -> list[tuple[str, Path, Path]]:
+        folder = self.root / name
+        pairs, any_file = _pair_files(folder)
+        if not pairs:
+            raise DataError(f"class folder {folder} is empty (no images)" if not any_file else
+                            f"class folder {folder} holds no images ({', '.join(IMAGE_EXTS)})")
+        with_mask = [p for p in pairs if p[2] is not None]
+        if not with_mask:
+            raise DataError(f"class folder {folder} has images but no masks (expected <name>.png beside "
+                            f"each <name>.jpg)")
+        orphans = [p[1].name for p in pairs if p[2] is None]
+        if orphans:
+            warnings.warn(f"class folder {folder}: skipping {len(orphans)} image(s) without a mask: "
+                          f"{_few(orphans)}", stacklevel=3)
+        return with_mask
+
+    def _fraction(self, mask_path: Path) -> float:
+        fg, _ = read_binary_mask(mask_path)
+        return float(fg.mean()) if fg.size else 0.0
+
+    def items(self, class_id: int) -> Sequence[Hashable]:
+        """Keys ``"<class>/<file>"`` of images whose mask covers >= ``min_foreground`` (> 0); decoded once."""
+        if class_id not in self.class_names:
+            raise DataError(f"class {class_id} is not in the {self.split} split of {self.root}")
+        if class_id not in self._items:
+            name = self.class_names[class_id]
+            keep, empty = [], []
+            for stem, img, mask in self._pairs[class_id]:
+                frac = self._fraction(mask)
+                (keep if frac > 0 and frac >= self.min_foreground else empty).append(img.name)
+            if empty:
+                what = "no foreground" if self.min_foreground <= 0 else f"foreground < {self.min_foreground}"
+                warnings.warn(f"class folder {self.root / name}: leaving out {len(empty)} image(s) whose "
+                              f"mask has {what}: {_few(empty)}", stacklevel=2)
+            self._items[class_id] = [f"{name}/{f}" for f in keep]
+        return list(self._items[class_id])
+
+    def load(self, key: Hashable, class_id: int) -> Sample:
+        """The image ``key`` with its mask, resized to ``image_size`` (image [3,S,S], mask/ignore [1,S,S])."""
+        if key not in self._paths or self._paths[key][0] != class_id:
+            raise DataError(f"image {key!r} is not an item of class {class_id} in {self.root}")
+        _, img_path, mask_path = self._paths[key]
+        image = read_image(img_path)                         # uint8 [H,W,3]
+        fg, ignore = read_binary_mask(mask_path)             # bool [H,W] x2
+        if fg.shape != image.shape[:2]:
+            raise DataError(f"mask {mask_path} is {fg.shape[1]}x{fg.shape[0]} but image {img_path} is "
+                            f"{image.shape[1]}x{image.shape[0]}")
+        if not fg.any():
+            raise DataError(f"mask {mask_path} has no foreground pixel")
+        labels = np.where(ignore, 255, fg).astype(np.uint8)  # [H,W] 0/1/255
+        x, lab = resize_pair(image, labels, self.image_size, self.resize)
+        return Sample(x, (lab == 1).to(torch.float32)[None], (lab == 255)[None])
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(root=str(self.root), split=self.split, resize=self.resize, seed=self.seed,
+                 min_foreground=self.min_foreground, n_class_folders=len(self.all_class_names))
+        return d
+
+
+class FSS1000Dataset(FolderDataset):
+    """FSS-1000 with the 520/240/240 class split of HSNet (shipped in ``fewseg/splits/fss1000_*.txt``).
+
+    Example:
+        >>> ds = FSS1000Dataset("data/FSS-1000", split="test")   # 240 test classes
+    """
+
+    name = "fss1000"
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", image_size: int = 64,
+                 resize: str = "stretch", seed: int = 0, min_foreground: float = 0.0):
+        super().__init__(root, split=split, image_size=image_size, resize=resize, seed=seed,
+                         split_files="<fewseg/splits>", min_foreground=min_foreground)
+
+    def _split_names(self, split_files) -> dict[str, list[str]]:
+        pkg = resources.files("fewseg") / "splits"
+        return {split: _read_names("", (pkg / f"fss1000_{f}").read_text())
+                for split, f in SPLIT_FILES.items()}
+
+
+DATASETS.register("folder")(FolderDataset)
+DATASETS.register("fss1000")(FSS1000Dataset)

@@ -1,0 +1,349 @@
+"""Datasets of photos with class-id label maps (CCP, CamVid, PASCAL-style), split into class folds.
+
+Layout::
+
+    ROOT/images/<stem>.<jpg|png>   the photo
+    ROOT/labels/<stem>.png         class ids, same size; 255 = ignore; an id not in classes.txt = background
+    ROOT/classes.txt               "<id> <name>" per line
+    ROOT/splits/<name>.txt         optional lists of stems (``image_split=<name>``)
+
+The per-image foreground fraction of every class is scanned once per label folder and cached in memory
+and on disk (``$FEWSEG_CACHE`` or ``~/.cache/fewseg``), so later constructions take milliseconds.
+
+Example:
+    >>> ds = LabelMapDataset("../shared/data/ccp", split="test", fold=0, n_folds=4)
+    >>> c = ds.class_ids()[0]
+    >>> s = ds.load(ds.items(c)[0], c)  # image [3,64,64] float32 in [0,1], mask [1,64,64], ignore [1,64,64]
+    >>> ds.describe()["fold"], ds.describe()["classes"]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Hashable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fewseg.data.base import Sample, SegmentationDataset
+from fewseg.data.io import read_image, read_label_map
+from fewseg.data.transforms import RESIZE_MODES, resize_arrays
+from fewseg.errors import DataError
+from fewseg.registry import DATASETS
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+SPLITS = ("train", "val", "test", "all")
+IGNORE = 255
+_CACHE_VERSION = 1
+
+
+# --- the once-per-root scan of label maps -----------------------------------------------------------
+def cache_dir() -> Path:
+    """Where scans are kept: ``$FEWSEG_CACHE`` or ``~/.cache/fewseg``."""
+    return Path(os.environ.get("FEWSEG_CACHE") or Path.home() / ".cache" / "fewseg")
+
+
+def _signature(labels: dict[str, Path]) -> str:
+    """A digest of the label files' names, sizes and modification times."""
+    h = hashlib.sha1()
+    for stem in sorted(labels):
+        st = labels[stem].stat()
+        h.update(f"{stem}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def _fractions_of(path: Path) -> dict[int, float]:
+    """{class id: fraction of the pixels} of one label map (ignore 255 left out)."""
+    counts = None
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("L", "P"):
+                counts = np.asarray(im.histogram()[:256], dtype=np.int64)
+    except Exception:  # noqa: BLE001 - read_label_map below gives the one-line DataError
+        counts = None
+    if counts is None:
+        counts = np.bincount(read_label_map(path).ravel())
+    total = int(counts.sum())
+    return {int(i): round(int(counts[i]) / total, 6) for i in np.flatnonzero(counts) if i != IGNORE} \
+        if total else {}
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError as exc:
+        warnings.warn(f"could not write the label scan cache {path}: {exc}", stacklevel=3)
+
+
+def _pngs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+
+
+@lru_cache(maxsize=16)
+def _scan(labels_dir: str, signature: str) -> dict[str, dict[int, float]]:
+    disk = cache_dir() / f"labelmap-{hashlib.sha1(labels_dir.encode()).hexdigest()[:16]}.json"
+    try:
+        data = json.loads(disk.read_text())
+        if data.get("version") == _CACHE_VERSION and data.get("signature") == signature:
+            return {s: {int(k): v for k, v in fr.items()} for s, fr in data["fractions"].items()}
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    folder = Path(labels_dir)
+    fractions = {p.stem: _fractions_of(p) for p in _pngs(folder)}
+    _write_atomic(disk, {"version": _CACHE_VERSION, "labels_dir": labels_dir, "signature": signature,
+                         "fractions": {s: {str(k): v for k, v in fr.items()} for s, fr in fractions.items()}})
+    return fractions
+
+
+def label_fractions(labels_dir: str | os.PathLike) -> dict[str, dict[int, float]]:
+    """{stem: {class id: foreground fraction}} of every ``labels_dir/*.png``, cached (read-only result)."""
+    folder = Path(labels_dir).resolve()
+    labels = {p.stem: p for p in _pngs(folder)}
+    return _scan(str(folder), _signature(labels))
+
+
+# --- the dataset ------------------------------------------------------------------------------------
+def read_classes(path: Path) -> dict[int, str]:
+    """{id: name} from a ``classes.txt`` of "<id> <name>" lines (blank and # lines skipped)."""
+    if not path.is_file():
+        raise DataError(f"class list {path} does not exist")
+    out: dict[int, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise DataError(f"{path} line {n}: expected '<id> <name>', got {line!r}")
+        cid = int(parts[0])
+        if cid in out:
+            raise DataError(f"{path} line {n}: class id {cid} is listed twice")
+        if cid != IGNORE:  # 255 always means ignore
+            out[cid] = parts[1].strip()
+    return out
+
+
+def fold_blocks(ids: Sequence[int], n_folds: int) -> list[list[int]]:
+    """Sorted ``ids`` cut into ``n_folds`` contiguous blocks whose sizes differ by at most one."""
+    ids = sorted(ids)
+    q, r = divmod(len(ids), n_folds)
+    blocks, start = [], 0
+    for k in range(n_folds):
+        size = q + (1 if k < r else 0)
+        blocks.append(ids[start:start + size])
+        start += size
+    return blocks
+
+
+def _files(folder: Path, exts: Sequence[str]) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"folder {folder} does not exist")
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in exts and not p.name.startswith("."):
+            out.setdefault(p.stem, p)
+    return out
+
+
+class LabelMapDataset(SegmentationDataset):
+    """Binary tasks "class c vs the rest" from multi-class label maps, with PASCAL-5i-style class folds.
+
+    Usable classes: ids of ``classes.txt`` minus ``background_ids`` and ``exclude_classes`` (ids or names)
+    whose foreground fraction is >= ``min_foreground`` in at least ``min_images`` images (default 2).
+    Sorted, they are cut into ``n_folds`` contiguous blocks: block ``fold`` is *test*; of the rest a seeded
+    ``val_classes`` share (a fraction, at least 1; or an explicit list of ids/names) is *val*, the others
+    *train*. ``fold="all"``: every usable class is train. ``image_split`` limits the images (not the folds).
+    ``cache=True`` keeps each resized (image, labels) pair in memory.
+
+    Example:
+        >>> ds = LabelMapDataset("data/camvid", split="train", fold=1, background_ids=(), image_split="train")
+        >>> sorted(ds.class_names.values())
+    """
+
+    name = "labelmap"
+    default_root: str | None = None  # subclasses: folder under ../shared/data
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", fold: int | str = 0,
+                 n_folds: int = 4, image_size: int = 64, resize: str = "pad", min_foreground: float = 0.01,
+                 min_images: int | None = None, image_split: str | None = None,
+                 background_ids: Sequence[int] = (0,), exclude_classes: Sequence[int | str] = (),
+                 val_classes: float | Sequence[int | str] = 0.2, seed: int = 0, cache: bool = False):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        if isinstance(fold, str) and fold.isdigit():
+            fold = int(fold)
+        if n_folds < 1 or not (fold == "all" or (isinstance(fold, int) and 0 <= fold < n_folds)):
+            raise ValueError(f"fold must be 'all' or an integer in [0, {n_folds}), got {fold!r}")
+        if root is None:
+            if self.default_root is None:
+                raise DataError(f"dataset {self.name!r} needs root=<folder with images/, labels/, "
+                                f"classes.txt>")
+            root = (Path.cwd() / ".." / "shared" / "data" / self.default_root).resolve()
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"dataset root {self.root} is not a folder")
+        self.split, self.fold, self.n_folds, self.seed = split, fold, int(n_folds), seed
+        self.image_size, self.resize, self.cache = int(image_size), resize, bool(cache)
+        self.min_foreground = float(min_foreground)
+        self.min_images = 2 if min_images is None else int(min_images)
+        self.image_split, self.background_ids = image_split, tuple(int(b) for b in background_ids)
+        self.listed = read_classes(self.root / "classes.txt")
+        self._image_paths = _files(self.root / "images", IMAGE_EXTS)
+        self._label_paths = _files(self.root / "labels", (".png",))
+        stems = sorted(set(self._image_paths) & set(self._label_paths))
+        unpaired = len(self._image_paths) + len(self._label_paths) - 2 * len(stems)
+        if unpaired:
+            warnings.warn(f"{self.root}: {unpaired} image(s)/label map(s) without a partner are skipped",
+                          stacklevel=2)
+        if not stems:
+            raise DataError(f"{self.root} holds no image with a label map "
+                            f"(images/<stem>.jpg + labels/<stem>.png)")
+        pool = self._read_image_split() if image_split is not None else stems
+        fractions = label_fractions(self.root / "labels")
+        self.excluded = self._resolve(exclude_classes, "exclude_classes")
+        candidates = [c for c in sorted(self.listed)
+                      if c not in self.background_ids and c not in self.excluded]
+        self.usable = [c for c in candidates if self._count(fractions, stems, c) >= self.min_images]
+        if not self.usable:
+            raise DataError(f"{self.root}: no class covers >= {self.min_foreground} of the pixels in >= "
+                            f"{self.min_images} images")
+        chosen = self._split_classes(val_classes)
+        self._items: dict[int, list[str]] = {}
+        for c in chosen:
+            keep = [s for s in pool if self._fg(fractions, s, c)]
+            if len(keep) >= self.min_images:
+                self._items[c] = keep
+        self.class_names = {c: self.listed[c] for c in self._items}
+        self._stems = set(pool)
+        self._cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    # --- construction helpers ----------------------------------------------------------------------------
+    def _fg(self, fractions, stem: str, c: int) -> bool:
+        f = fractions.get(stem, {}).get(c, 0.0)
+        return f > 0 and f >= self.min_foreground
+
+    def _count(self, fractions, stems, c: int) -> int:
+        return sum(1 for s in stems if self._fg(fractions, s, c))
+
+    def _read_image_split(self) -> list[str]:
+        path = self.root / "splits" / f"{self.image_split}.txt"
+        if not path.is_file():
+            raise DataError(f"split file {path} does not exist")
+        stems = [s.strip() for s in path.read_text().splitlines() if s.strip()]
+        for s in stems:
+            if s not in self._image_paths:
+                raise DataError(f"split file {path} names {s!r} but {self.root / 'images'} has no such image")
+            if s not in self._label_paths:
+                raise DataError(f"split file {path} names {s!r} but {self.root / 'labels'} has no {s}.png")
+        return sorted(set(stems))
+
+    def _resolve(self, classes: Sequence[int | str], what: str) -> list[int]:
+        by_name = {n: c for c, n in self.listed.items()}
+        out = []
+        for c in classes:
+            if isinstance(c, str) and not c.isdigit():
+                if c not in by_name:
+                    raise ValueError(f"{what}: {c!r} is not a class of {self.root / 'classes.txt'}")
+                out.append(by_name[c])
+            else:
+                out.append(int(c))
+        return out
+
+    def _split_classes(self, val_classes) -> list[int]:
+        if self.split == "all":
+            return list(self.usable)
+        if self.fold == "all":
+            return list(self.usable) if self.split == "train" else []
+        if self.n_folds > len(self.usable):
+            raise DataError(f"{self.root}: {len(self.usable)} usable classes cannot fill "
+                            f"{self.n_folds} folds")
+        test = fold_blocks(self.usable, self.n_folds)[self.fold]
+        rest = [c for c in self.usable if c not in test]
+        if isinstance(val_classes, (int, float)) and not isinstance(val_classes, bool):
+            n_val = min(max(1, round(val_classes * len(rest))), len(rest) - 1) if val_classes > 0 else 0
+            perm = np.random.default_rng(self.seed).permutation(len(rest))
+            val = sorted(rest[i] for i in perm[:max(n_val, 0)])
+        else:
+            val = self._resolve(val_classes, "val_classes")
+            bad = [c for c in val if c not in rest]
+            if bad:
+                raise ValueError(f"val_classes {bad} are not usable non-test classes of fold {self.fold}")
+        parts = {"test": test, "val": sorted(val), "train": [c for c in rest if c not in val]}
+        return parts[self.split]
+
+    # --- the dataset contract -------------------------------------------------------------------------
+    def items(self, class_id: int) -> Sequence[Hashable]:
+        """Stems of the images where ``class_id`` covers >= ``min_foreground`` of the pixels."""
+        if class_id not in self._items:
+            raise DataError(f"class {class_id} is not in the {self.split} split (fold {self.fold}) "
+                            f"of {self.root}")
+        return list(self._items[class_id])
+
+    def _arrays(self, stem: str) -> tuple[np.ndarray, np.ndarray]:
+        """Resized image uint8 [S,S,3] and labels [S,S] (255 = ignore, also in the pad region)."""
+        if stem in self._cached:
+            return self._cached[stem]
+        img_path, lab_path = self._image_paths[stem], self._label_paths[stem]
+        image, labels = read_image(img_path), read_label_map(lab_path)
+        if labels.shape != image.shape[:2]:
+            raise DataError(f"label map {lab_path} is {labels.shape[1]}x{labels.shape[0]} but image "
+                            f"{img_path} is {image.shape[1]}x{image.shape[0]}")
+        out = resize_arrays(image, labels, self.image_size, self.resize, fill_label=IGNORE)
+        if self.cache:
+            self._cached[stem] = out
+        return out
+
+    def load(self, key: Hashable, class_id: int) -> Sample:
+        """Image ``key`` with mask = (label == class_id), ignore = (label == 255), at ``image_size``."""
+        if key not in self._stems:
+            raise DataError(f"image {key!r} is not part of {self.root} ({self.image_split or 'all images'})")
+        if class_id not in self.listed:
+            raise DataError(f"class {class_id} is not listed in {self.root / 'classes.txt'}")
+        im, lab = self._arrays(key)
+        image = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div_(255.0)  # [3,S,S]
+        lab_t = torch.from_numpy(lab.astype(np.int64))                                            # [S,S]
+        mask = (lab_t == class_id).to(torch.float32)[None]                                        # [1,S,S]
+        return Sample(image.contiguous(), mask, (lab_t == IGNORE)[None])
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(root=str(self.root), split=self.split, fold=self.fold, n_folds=self.n_folds,
+                 min_foreground=self.min_foreground, min_images=self.min_images, image_split=self.image_split,
+                 background_ids=list(self.background_ids), exclude_classes=self.excluded, resize=self.resize,
+                 seed=self.seed, n_images=len(self._stems), n_usable_classes=len(self.usable))
+        return d
+
+
+class CCPDataset(LabelMapDataset):
+    """Clothing Co-Parsing (``../shared/data/ccp`` by default); 0 = background."""
+
+    name = "ccp"
+    default_root = "ccp"
+
+
+class CamVidDataset(LabelMapDataset):
+    """CamVid 11 classes (``../shared/data/camvid`` by default); id 0 is *sky*, so no background id."""
+
+    name = "camvid"
+    default_root = "camvid"
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", *,
+                 background_ids: Sequence[int] = (), **kwargs):
+        super().__init__(root, split, background_ids=background_ids, **kwargs)
+
+
+DATASETS.register("labelmap")(LabelMapDataset)
+DATASETS.register("ccp")(CCPDataset)
+DATASETS.register("camvid")(CamVidDataset)

@@ -1,0 +1,380 @@
+"""Atomic, code-free checkpoints: a directory holding
+
+    weights.safetensors   the tensors (safetensors: no pickle, no code)
+    meta.json             the caller's JSON-able metadata (config, iteration, RNG states as
+                          :func:`rng_state_to_json` lists, ...) plus
+                          ``{"versions": {"fewseg", "torch", "python"}}``
+    optimizer.pt          optional: optimizer state (and any other plain tensor/number/string dict),
+                          read back with ``torch.load(weights_only=True)``
+
+A save writes everything into a sibling ``<dir>.tmp-<pid>`` and fsyncs it; then, inside
+:func:`delay_keyboard_interrupt`, it moves an existing ``<dir>`` aside to ``<dir>.old-<pid>``, renames the
+new directory into place and deletes the old one. A crash at any point leaves either the old or the new
+checkpoint complete, and :func:`load_checkpoint` falls back to ``<dir>.old-*`` when ``<dir>`` itself is
+missing (a crash between the two renames). Loading never executes stored code.
+
+Example:
+    >>> import tempfile, torch
+    >>> d = tempfile.mkdtemp() + "/last"
+    >>> save_checkpoint(d, {"w": torch.zeros(2)}, {"iteration": 3})
+    >>> ckpt = load_checkpoint(d)
+    >>> ckpt.meta["iteration"], ckpt.tensors["w"].tolist(), ckpt.optimizer_state
+    (3, [0.0, 0.0], None)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from fewseg.errors import CheckpointError
+
+__all__ = [
+    "META",
+    "OPTIMIZER",
+    "WEIGHTS",
+    "Checkpoint",
+    "delay_keyboard_interrupt",
+    "load_checkpoint",
+    "numpy_rng_state_from_json",
+    "numpy_rng_state_to_json",
+    "rng_state_from_json",
+    "rng_state_to_json",
+    "save_checkpoint",
+]
+
+WEIGHTS = "weights.safetensors"
+META = "meta.json"
+OPTIMIZER = "optimizer.pt"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    ``tensors``: name -> CPU tensor; ``meta``: the JSON metadata (with ``"versions"``);
+    ``optimizer_state``: the dict given to :func:`save_checkpoint` as ``optimizer_state``, or None;
+    ``path``: the directory actually read (``<dir>.old-<pid>`` after a recovered crash).
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    optimizer_state: dict[str, Any] | None = None
+    path: Path = field(default_factory=Path)
+
+
+# --- Ctrl-C --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def delay_keyboard_interrupt() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the block ends, then deliver it (``KeyboardInterrupt``).
+
+    While the block runs, SIGINT is only recorded. Afterwards the previous handler is restored and, if a
+    SIGINT arrived, it is called (Python's default raises ``KeyboardInterrupt``; SIG_DFL also gives
+    ``KeyboardInterrupt``; SIG_IGN drops it). If the block itself raises, that exception propagates
+    instead. Signal handlers can only be set in the main thread: elsewhere this does nothing.
+
+    Example:
+        >>> with delay_keyboard_interrupt():
+        ...     pass  # a step that must not be cut in half
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[tuple[int, Any]] = []
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if received:
+        if callable(previous):
+            previous(*received[0])
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+# --- RNG states as JSON ---------------------------------------------------------------------------------
+def rng_state_to_json(gen: torch.Generator) -> list[int]:
+    """A torch Generator's state (a uint8 tensor) as a JSON-able list of ints in 0..255.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0); s = rng_state_to_json(g); a = torch.rand(2, generator=g)
+        >>> torch.equal(torch.rand(2, generator=rng_state_from_json(s)), a)
+        True
+    """
+    return gen.get_state().tolist()
+
+
+def rng_state_from_json(state: list[int], gen: torch.Generator | None = None) -> torch.Generator:
+    """Set ``gen`` (default: a new CPU Generator) to a state from :func:`rng_state_to_json`; returns it."""
+    gen = torch.Generator() if gen is None else gen
+    gen.set_state(torch.tensor(state, dtype=torch.uint8))
+    return gen
+
+
+def _to_jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return {"__ndarray__": x.tolist(), "dtype": str(x.dtype)}
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, dict):
+        return {k: _to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_jsonable(v) for v in x]
+    return x
+
+
+def _from_jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        if "__ndarray__" in x:
+            return np.asarray(x["__ndarray__"], dtype=x["dtype"])
+        return {k: _from_jsonable(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_from_jsonable(v) for v in x]
+    return x
+
+
+def numpy_rng_state_to_json(rng: np.random.Generator) -> dict:
+    """A numpy Generator's ``bit_generator.state`` as a JSON-able dict (arrays become tagged lists).
+
+    Example:
+        >>> r = np.random.default_rng(0); s = numpy_rng_state_to_json(r); a = r.random()
+        >>> numpy_rng_state_from_json(json.loads(json.dumps(s))).random() == a
+        True
+    """
+    return _to_jsonable(rng.bit_generator.state)
+
+
+def numpy_rng_state_from_json(state: dict, rng: np.random.Generator | None = None) -> np.random.Generator:
+    """Set ``rng`` (default: a new Generator of the saved bit generator kind) to a saved state; returns it."""
+    state = _from_jsonable(state)
+    if rng is None:
+        bit_generator = getattr(np.random, state["bit_generator"])
+        rng = np.random.Generator(bit_generator())
+    rng.bit_generator.state = state
+    return rng
+
+
+# --- saving ---------------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        fewseg_version = version("fewseg")
+    except PackageNotFoundError:
+        fewseg_version = "0+unknown"
+    return {"fewseg": fewseg_version, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _prepare_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors, each owning its whole storage (safetensors refuses shared ones)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, t in tensors.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise TypeError(f"checkpoint tensors must be a dict of str -> Tensor (bad entry {name!r})")
+        t = t.detach().to("cpu").contiguous()
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+            storage = t.untyped_storage()
+        if t.numel() > 0:
+            seen.add(storage.data_ptr())
+        out[name] = t
+    return out
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pid_of(path: Path) -> int | None:
+    try:
+        return int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours
+        return True
+    return True
+
+
+def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict,
+                    optimizer_state: dict | None = None) -> None:
+    """Write a checkpoint directory atomically (layout and crash guarantees: module docstring).
+
+    Args:
+        directory: the checkpoint directory; replaced as a whole if it exists.
+        tensors: name -> tensor (any device/dtype; saved detached, contiguous, on CPU).
+        meta: JSON-serialisable metadata; a ``"versions"`` entry is added (overwriting one given).
+            Store RNG states here with :func:`rng_state_to_json` / :func:`numpy_rng_state_to_json`.
+        optimizer_state: optional dict of what ``torch.load(weights_only=True)`` accepts (tensors,
+            containers, numbers, strings): ``optimizer.state_dict()`` and ``Generator.get_state()`` do.
+
+    Raises ``TypeError``/``ValueError`` for a bad argument before anything is written.
+
+    Example:
+        >>> import tempfile, torch
+        >>> model = torch.nn.Linear(2, 1); opt = torch.optim.Adam(model.parameters())
+        >>> save_checkpoint(tempfile.mkdtemp() + "/ckpt", model.state_dict(), {"iteration": 0},
+        ...                 {"optimizer": opt.state_dict()})
+    """
+    final = Path(directory)
+    # serialise what can fail before touching the disk
+    tensors = _prepare_tensors(tensors)
+    meta_text = json.dumps({**meta, "versions": _versions()}, indent=2)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    tmp = final.with_name(f"{final.name}.tmp-{pid}")
+    old = final.with_name(f"{final.name}.old-{pid}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        save_file(tensors, str(tmp / WEIGHTS))
+        _fsync_file(tmp / WEIGHTS)
+        with open(tmp / META, "w", encoding="utf-8") as f:
+            f.write(meta_text)
+            f.flush()
+            os.fsync(f.fileno())
+        if optimizer_state is not None:
+            with open(tmp / OPTIMIZER, "wb") as f:
+                torch.save(optimizer_state, f)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    with delay_keyboard_interrupt():
+        moved_aside = False
+        try:
+            if final.exists():
+                if old.exists():
+                    shutil.rmtree(old)
+                os.rename(final, old)
+                moved_aside = True
+            os.replace(tmp, final)
+        except BaseException:
+            # put the previous checkpoint back if the new one did not make it into place
+            if moved_aside and not final.exists() and old.exists():
+                with contextlib.suppress(OSError):
+                    os.rename(old, final)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    # leftovers of crashed saves: superseded copies and unfinished temp dirs of dead processes
+    for stale in final.parent.glob(f"{final.name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):
+        if not _pid_alive(_pid_of(stale)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+# --- loading --------------------------------------------------------------------------------------------
+def _resolve(directory: Path) -> Path:
+    if directory.is_dir():
+        return directory
+    # a crash between moving the old checkpoint aside and renaming the new one into place
+    candidates = [p for p in directory.parent.glob(f"{directory.name}.old-*")
+                  if (p / WEIGHTS).is_file() and (p / META).is_file()]
+    if candidates:
+        return max(candidates, key=lambda p: p.stat().st_mtime)
+    if directory.exists():
+        raise CheckpointError(f"checkpoint {directory} is not a directory")
+    raise CheckpointError(f"no checkpoint at {directory}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0].strip()}" if text else type(exc).__name__
+
+
+def _torch_load_reason(exc: BaseException) -> str:
+    """The useful part of torch.load(weights_only=True)'s long multi-line error."""
+    text = str(exc)
+    code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if code:
+        return f"it refers to code ({code.group(1)}), which is never loaded"
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if detail:
+        return f"not plain data: {detail.group(1).strip()}"
+    return _first_line(exc)
+
+
+def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`, without executing any stored code.
+
+    Raises :class:`~fewseg.errors.CheckpointError` with a one-line message naming the path or file
+    when the directory or a required file is missing, or a file is corrupt or holds anything but plain
+    data (a pickle referring to code is refused, never run).
+
+    Example:
+        >>> import tempfile, torch
+        >>> d = tempfile.mkdtemp() + "/ckpt"
+        >>> save_checkpoint(d, {"w": torch.ones(1)}, {"kind": "meta"}, {"step": 1})
+        >>> load_checkpoint(d).optimizer_state
+        {'step': 1}
+    """
+    path = _resolve(Path(directory))
+    weights, meta_file, opt_file = path / WEIGHTS, path / META, path / OPTIMIZER
+    for required in (weights, meta_file):
+        if not required.is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: missing {required}")
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except Exception as exc:  # noqa: BLE001  (any parse failure -> CheckpointError)
+        raise CheckpointError(f"corrupt checkpoint weights {weights} ({_first_line(exc)})") from None
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except Exception as exc:  # noqa: BLE001  (any parse failure -> CheckpointError)
+        raise CheckpointError(f"corrupt checkpoint metadata {meta_file} ({_first_line(exc)})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"corrupt checkpoint metadata {meta_file} (not a JSON object)")
+    optimizer_state = None
+    if opt_file.exists():
+        try:
+            optimizer_state = torch.load(opt_file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001  (any parse failure -> CheckpointError)
+            raise CheckpointError(f"unreadable or unsafe checkpoint file {opt_file} "
+                                  f"({_torch_load_reason(exc)})") from None
+    return Checkpoint(tensors=tensors, meta=meta, optimizer_state=optimizer_state, path=path)
