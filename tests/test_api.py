@@ -1,9 +1,9 @@
 """Public API: registries, shapes, and clear errors for bad arguments."""
 import pytest
 import torch
+from conftest import random_batch
 
 import fewseg
-from conftest import random_batch
 
 
 def test_registries_list_the_core_components():

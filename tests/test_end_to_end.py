@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_train import TINY
 
 from fewseg.cli import main
 from fewseg.config import config_from_dict
 from fewseg.engine.trainer import Trainer
-from test_train import TINY
 
 
 @pytest.fixture(scope="module")

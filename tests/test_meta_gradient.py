@@ -2,10 +2,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_batch
 from torch.func import functional_call
 
 import fewseg
-from conftest import random_batch
 
 
 def unrolled_meta_grad(model, batch, steps, lr, first_order=False):

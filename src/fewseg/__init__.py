@@ -54,7 +54,24 @@ def create_dataset(name: str, **kwargs: Any) -> SegmentationDataset:
 
 
 __all__ = [
-    "Adapted", "MetaAlgorithm", "Record", "Sample", "SegmentationDataset", "Episode", "MetaBatch", "collate",
-    "EpisodeSampler", "FewsegError", "DataError", "ConfigError", "CheckpointError", "TrainingError",
-    "list_models", "create_model", "list_algorithms", "create_algorithm", "list_datasets", "create_dataset",
+    "Adapted",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "Episode",
+    "EpisodeSampler",
+    "FewsegError",
+    "MetaAlgorithm",
+    "MetaBatch",
+    "Record",
+    "Sample",
+    "SegmentationDataset",
+    "TrainingError",
+    "collate",
+    "create_algorithm",
+    "create_dataset",
+    "create_model",
+    "list_algorithms",
+    "list_datasets",
+    "list_models",
 ]

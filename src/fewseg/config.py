@@ -77,6 +77,7 @@ class EvalConfig:
     baselines: list = field(default_factory=lambda: ["zero-shot", "random-init", "random-init-long",
                                                       "transfer", "prototype"])
     long_steps: int = 100
+    lr_select_episodes: int = 20     # validation episodes for choosing baseline fine-tuning rates
     transfer_images: int = 0         # image passes for transfer pre-training (0 = same as meta-training)
 
 

@@ -7,7 +7,7 @@ and the batched path under ``torch.func.vmap`` (``functional_grad=True``).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch.func import functional_call

@@ -7,8 +7,8 @@ Example:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -53,7 +53,7 @@ class Episode:
     class_id: int = -1
     keys: tuple = ()
 
-    def to(self, device: torch.device | str) -> "Episode":
+    def to(self, device: torch.device | str) -> Episode:
         move = (lambda t: None if t is None else t.to(device))
         return Episode(move(self.support_x), move(self.support_y), move(self.query_x), move(self.query_y),
                        move(self.support_ignore), move(self.query_ignore), self.class_id, self.keys)
@@ -103,7 +103,7 @@ class MetaBatch:
         return Episode(self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i],
                        pick(self.support_ignore), pick(self.query_ignore), cid)
 
-    def to(self, device: torch.device | str) -> "MetaBatch":
+    def to(self, device: torch.device | str) -> MetaBatch:
         move = (lambda t: None if t is None else t.to(device))
         return MetaBatch(move(self.support_x), move(self.support_y), move(self.query_x), move(self.query_y),
                          move(self.support_ignore), move(self.query_ignore), list(self.class_ids))

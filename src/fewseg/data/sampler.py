@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 

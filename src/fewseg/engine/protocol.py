@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -85,7 +85,8 @@ def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int, baselines: list[
     needs_val = {"random-init", "transfer"} & set(baselines)
     val_eps = []
     if needs_val and val_set is not None:
-        val_eps = EpisodeSampler(val_set, cfg.train.shots, cfg.train.queries, seed=cfg.seed + 2).fixed_episodes(20)
+        val_eps = EpisodeSampler(val_set, cfg.train.shots, cfg.train.queries, seed=cfg.seed + 2).fixed_episodes(
+            cfg.eval.lr_select_episodes)
     if "random-init" in baselines or "random-init-long" in baselines:
         random_model = fresh_model(cfg, cfg.seed + 5).to(device).eval()
         if "random-init" in baselines:

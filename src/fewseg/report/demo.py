@@ -22,15 +22,15 @@ from fewseg.report.plots import plot_curves, plot_overlay_grid, plot_training
 # The demo recipe (also shipped as configs/synthetic_maml.yaml). Settings were chosen on val classes.
 DEMO = {
     "name": "demo", "seed": 0,
-    "data": {"name": "synthetic", "image_size": 64},
+    "data": {"name": "synthetic", "image_size": 48},
     "model": {"name": "seed-cnn"},
-    "algorithm": {"name": "maml", "inner_steps": 5, "inner_lr": 0.1, "eval_steps": 10},
-    "train": {"iterations": 1500, "meta_batch": 4, "shots": 5, "queries": 5, "outer_lr": 0.001,
-              "schedule": "cosine", "val_every": 250, "val_episodes": 60, "checkpoint_every": 250},
-    "eval": {"shots": [1, 5], "episodes": 300, "long_steps": 100},
+    "algorithm": {"name": "maml", "inner_steps": 5, "inner_lr": 0.2, "eval_steps": 10},
+    "train": {"iterations": 300, "meta_batch": 4, "shots": 5, "queries": 5, "outer_lr": 0.001,
+              "schedule": "cosine", "val_every": 100, "val_episodes": 40, "checkpoint_every": 100},
+    "eval": {"shots": [1, 5], "episodes": 100, "long_steps": 100},
 }
 QUICK = ["train.iterations=20", "train.val_every=10", "train.val_episodes=6", "train.checkpoint_every=10",
-         "eval.episodes=6", "eval.long_steps=5", "eval.transfer_images=200"]
+         "eval.episodes=6", "eval.long_steps=5", "eval.transfer_images=200", "eval.lr_select_episodes=3"]
 
 
 def run_demo(output: str | Path = "runs/demo", quick: bool = False, device: str = "cpu",
