@@ -118,7 +118,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", "--model", model, "--strategy", strategy]
             for k in ("size", "tasks", "shots", "queries", "steps", "warmup", "repeats", "device", "threads"):
                 cmd += [f"--{k}", str(getattr(args, k))]
-            out = subprocess.run(cmd, capture_output=True, text=True)
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode:
                 print(f"| {model} | {strategy} | failed: {out.stderr.strip().splitlines()[-1]} | | |")
                 continue

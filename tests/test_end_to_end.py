@@ -64,3 +64,9 @@ def test_demo_quick_writes_the_report(tmp_path):
         assert (out / name).exists(), name
     record = json.loads((out / "eval.json").read_text())
     assert {"1", "5"} == set(record["results"])
+
+
+def test_evaluate_with_more_shots_than_images_fails_clearly(trained_run, capsys):
+    assert main(["evaluate", "--checkpoint", str(trained_run), "--shots", "400", "--episodes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than shots+queries=405" in err and err.count("\n") == 1

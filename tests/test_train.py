@@ -124,3 +124,9 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
     (ckpt / "weights.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="weights.safetensors"):
         load_algorithm(ckpt)
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/*.yaml")))
+def test_every_shipped_recipe_loads(path):
+    cfg = load_config(path)
+    assert cfg.train.iterations > 0 and cfg.data.name

@@ -27,6 +27,17 @@ def bce(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None 
     return (per_pixel * w).sum() / w.sum().clamp_min(1.0)
 
 
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+    """Class-balanced BCE: the mean over foreground pixels and the mean over background pixels, averaged.
+
+    Small objects (a few % of the pixels) otherwise contribute almost nothing to the gradient.
+    """
+    w = _weights(target, ignore)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w
+    fg, bg = target * w, (1 - target) * w
+    return 0.5 * ((per_pixel * fg).sum() / fg.sum().clamp_min(1.0) + (per_pixel * bg).sum() / bg.sum().clamp_min(1.0))
+
+
 def dice(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None,
          eps: float = 1.0) -> torch.Tensor:
     """Soft Dice loss (1 - Dice) per image, averaged over images; robust to class imbalance."""
@@ -51,7 +62,7 @@ def bce_dice(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | 
     return bce(logits, target, ignore) + dice(logits, target, ignore)
 
 
-LOSSES: dict[str, LossFn] = {"bce": bce, "dice": dice, "focal": focal, "bce+dice": bce_dice}
+LOSSES: dict[str, LossFn] = {"bce": bce, "balanced-bce": balanced_bce, "dice": dice, "focal": focal, "bce+dice": bce_dice}
 
 
 def get_loss(name: str) -> LossFn:

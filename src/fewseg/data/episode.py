@@ -31,10 +31,9 @@ def check_masks(name: str, y: torch.Tensor, images: torch.Tensor, binary: bool =
     want = list(images.shape[:-3]) + [1] + list(images.shape[-2:])
     if list(y.shape) != want:
         raise ValueError(f"{name} must have shape {want} to match the images, got {list(y.shape)}")
-    if binary and y.dtype != torch.bool:
-        if not ((y == 0) | (y == 1)).all():
-            raise ValueError(f"{name} must hold binary masks with values in {{0,1}} "
-                             f"(got values in [{y.min().item():g}, {y.max().item():g}]); divide 0/255 masks by 255")
+    if binary and y.dtype != torch.bool and not ((y == 0) | (y == 1)).all():
+        raise ValueError(f"{name} must hold binary masks with values in {{0,1}} "
+                         f"(got values in [{y.min().item():g}, {y.max().item():g}]); divide 0/255 masks by 255")
 
 
 @dataclass

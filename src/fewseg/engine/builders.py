@@ -37,8 +37,8 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
 
 
 def build_algorithm(cfg: AlgorithmConfig, model: torch.nn.Module):
-    kwargs = dict(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order, loss=cfg.loss,
-                  strategy=cfg.strategy, task_chunk=cfg.task_chunk, eval_steps=cfg.eval_steps)
+    kwargs = {"inner_steps": cfg.inner_steps, "inner_lr": cfg.inner_lr, "first_order": cfg.first_order,
+              "loss": cfg.loss, "strategy": cfg.strategy, "task_chunk": cfg.task_chunk, "eval_steps": cfg.eval_steps}
     kwargs.update(cfg.options)
     return _create(ALGORITHMS, "algorithm", cfg.name, model, **kwargs)
 

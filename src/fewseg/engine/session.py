@@ -124,7 +124,7 @@ def adapt_folder(checkpoint, support, images, output, steps=None, device="cpu", 
     from fewseg.data.transforms import resize_pair
     from fewseg.errors import DataError
 
-    cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
+    cfg, algo, _ = load_algorithm(checkpoint, device)
     size, mode = cfg.data.image_size, cfg.data.options.get("resize", "stretch")
     sx, sy, si = [], [], []
     for img_path, mask_path in find_support_pairs(Path(support)):

@@ -119,7 +119,7 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         self._write_run_files()
-        log = open(self.out / "log.jsonl", "a")
+        log = open(self.out / "log.jsonl", "a")  # noqa: SIM115  (closed on every exit path below)
         bar = tqdm(total=cfg.train.iterations, initial=self.iteration, disable=not self.progress,
                    desc=f"meta-train {cfg.algorithm.name}", dynamic_ncols=True)
         rng_at_start = self.sampler.generator.get_state()

@@ -23,7 +23,7 @@ from fewseg.report.plots import plot_curves, plot_overlay_grid, plot_training
 DEMO = {
     "name": "demo", "seed": 0,
     "data": {"name": "synthetic", "image_size": 48},
-    "model": {"name": "seed-cnn"},
+    "model": {"name": "unet", "options": {"depth": 3, "width": 8}},
     "algorithm": {"name": "maml", "inner_steps": 5, "inner_lr": 0.2, "eval_steps": 10},
     "train": {"iterations": 300, "meta_batch": 4, "shots": 5, "queries": 5, "outer_lr": 0.001,
               "schedule": "cosine", "val_every": 100, "val_episodes": 40, "checkpoint_every": 100},

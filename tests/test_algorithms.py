@@ -1,0 +1,115 @@
+"""The MAML family beyond MAML: each against a reference computed by hand here."""
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_batch
+from torch.func import functional_call
+
+import fewseg
+
+
+def bce(model, params, x, y):
+    return F.binary_cross_entropy_with_logits(functional_call(model, params, (x,)), y)
+
+
+def test_reptile_update_is_theta_plus_epsilon_mean_of_phi_minus_theta():
+    torch.manual_seed(0)
+    model = fewseg.create_model("seed-cnn", width=4).double()
+    batch = random_batch(T=3, dtype=torch.float64)
+    algo = fewseg.create_algorithm("reptile", model, inner_steps=3, inner_lr=0.3)
+    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+    phis = []
+    for t in range(3):  # explicit SGD on support + query images of the task
+        x = torch.cat([batch.support_x[t], batch.query_x[t]])
+        y = torch.cat([batch.support_y[t], batch.query_y[t]])
+        phi = {n: p.clone().requires_grad_(True) for n, p in theta.items()}
+        for _ in range(3):
+            grads = torch.autograd.grad(bce(model, phi, x, y), list(phi.values()))
+            phi = {n: (p - 0.3 * g).detach().requires_grad_(True) for (n, p), g in zip(phi.items(), grads)}
+        phis.append(phi)
+    eps = 0.5
+    expected = {n: theta[n] + eps * torch.stack([phi[n] - theta[n] for phi in phis]).mean(0) for n in theta}
+    opt = torch.optim.SGD(model.parameters(), lr=eps)
+    opt.zero_grad()
+    algo.meta_backward(batch)
+    opt.step()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p, expected[n], atol=1e-12), n
+    # the surrogate outer loss has the same gradient
+    model.zero_grad()
+    for n, p in model.named_parameters():
+        p.data.copy_(theta[n])
+    algo.outer_loss(batch).backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, theta[n] - torch.stack([phi[n] for phi in phis]).mean(0), atol=1e-12)
+
+
+def test_metasgd_gradient_with_respect_to_the_learned_rates():
+    torch.manual_seed(1)
+    model = fewseg.create_model("seed-cnn", width=4).double()
+    batch = random_batch(T=2, dtype=torch.float64)
+    algo = fewseg.create_algorithm("meta-sgd", model, inner_steps=2, inner_lr=0.1).double()
+    with torch.no_grad():  # distinct rates per element
+        for r in algo.rates.values():
+            r.uniform_(0.05, 0.2)
+    algo.outer_loss(batch).backward()
+    names = [n for n, _ in model.named_parameters()]
+    theta = [p for _, p in model.named_parameters()]
+    alphas = [algo.rates[n.replace(".", "__")] for n in names]
+    total = 0
+    for t in range(2):
+        phi = list(theta)
+        for _ in range(2):
+            grads = torch.autograd.grad(bce(model, dict(zip(names, phi)), batch.support_x[t], batch.support_y[t]),
+                                        phi, create_graph=True)
+            phi = [p - a * g for p, a, g in zip(phi, alphas, grads)]
+        total = total + bce(model, dict(zip(names, phi)), batch.query_x[t], batch.query_y[t]) / 2
+    ref = torch.autograd.grad(total, alphas + theta)
+    got = [a.grad for a in alphas] + [p.grad for p in theta]
+    for g, r in zip(got, ref):
+        assert torch.allclose(g, r, rtol=1e-7, atol=1e-12)
+    assert all(a.grad.abs().sum() > 0 for a in alphas)
+
+
+def test_anil_adapts_only_the_head_and_matches_a_head_only_reference():
+    torch.manual_seed(2)
+    model = fewseg.create_model("seed-cnn", width=4).double()
+    batch = random_batch(T=2, dtype=torch.float64)
+    algo = fewseg.create_algorithm("anil", model, inner_steps=2, inner_lr=0.5)
+    assert algo.adapt_names == ["4.weight", "4.bias"]
+    adapted = algo.adapt(batch.support_x[0], batch.support_y[0])
+    for n, p in model.named_parameters():
+        assert torch.equal(adapted.params[n], p.detach()) == (not n.startswith("4."))
+    algo.outer_loss(batch).backward()
+    names = [n for n, _ in model.named_parameters()]
+    theta = dict(model.named_parameters())
+    total = 0
+    for t in range(2):
+        head = [theta["4.weight"], theta["4.bias"]]
+        for _ in range(2):
+            p = {**theta, "4.weight": head[0], "4.bias": head[1]}
+            grads = torch.autograd.grad(bce(model, p, batch.support_x[t], batch.support_y[t]), head, create_graph=True)
+            head = [h - 0.5 * g for h, g in zip(head, grads)]
+        total = total + bce(model, {**theta, "4.weight": head[0], "4.bias": head[1]},
+                            batch.query_x[t], batch.query_y[t]) / 2
+    ref = torch.autograd.grad(total, [theta[n] for n in names])
+    for n, r in zip(names, ref):
+        assert torch.allclose(theta[n].grad, r, rtol=1e-7, atol=1e-12), n
+
+
+@pytest.mark.parametrize("name", ["reptile", "meta-sgd", "anil", "fomaml"])
+def test_every_algorithm_trains_checkpoints_and_evaluates(name, tmp_path):
+    from test_train import TINY
+
+    from fewseg.config import config_from_dict
+    from fewseg.engine.session import evaluate_checkpoint, load_algorithm
+    from fewseg.engine.trainer import Trainer
+    extra = ["train.outer_optimizer=sgd", "train.outer_lr=0.5"] if name == "reptile" else []
+    trainer = Trainer(config_from_dict(TINY, [f"output={tmp_path}", f"algorithm.name={name}", *extra]),
+                      progress=False)
+    trainer.fit()
+    _, algo, _ = load_algorithm(tmp_path)
+    for (k, a), b in zip(trainer.algo.state_dict().items(), algo.state_dict().values()):
+        assert torch.equal(a, b), k
+    record = evaluate_checkpoint(tmp_path, shots=[1], episodes=2, log=lambda *_: None)
+    assert 0 <= record["results"]["1"][name]["miou"] <= 1
