@@ -108,7 +108,7 @@ def test_every_algorithm_trains_checkpoints_and_evaluates(name, tmp_path):
     trainer = Trainer(config_from_dict(TINY, [f"output={tmp_path}", f"algorithm.name={name}", *extra]),
                       progress=False)
     trainer.fit()
-    _, algo, _ = load_algorithm(tmp_path)
+    _, algo, _ = load_algorithm(tmp_path / "checkpoints" / "last")
     for (k, a), b in zip(trainer.algo.state_dict().items(), algo.state_dict().values()):
         assert torch.equal(a, b), k
     record = evaluate_checkpoint(tmp_path, shots=[1], episodes=2, log=lambda *_: None)

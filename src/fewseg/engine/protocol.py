@@ -51,16 +51,20 @@ def transfer_model(cfg: Config, train_set: SegmentationDataset, run_dir: Path | 
     """The transfer-learning network, trained once with the meta-training image budget and cached in the run."""
     model = fresh_model(cfg, cfg.seed + 7).to(device)
     path = run_dir / "checkpoints" / "transfer" if run_dir is not None else None
-    if path is not None and (path / "weights.safetensors").exists():
-        model.load_state_dict(load_checkpoint(path).tensors)
-        return model.eval()
     budget = cfg.eval.transfer_images or cfg.train.iterations * image_passes_per_iteration(cfg)
+    recipe = {"model": cfg.to_dict()["model"], "data": cfg.to_dict()["data"], "seed": cfg.seed,
+              "image_passes": budget}
+    if path is not None and (path / "weights.safetensors").exists():
+        cached = load_checkpoint(path)
+        if cached.meta.get("recipe") == recipe:  # reuse only a transfer model trained for this very recipe
+            model.load_state_dict(cached.tensors)
+            return model.eval()
     t0 = time.perf_counter()
     pretrain_transfer(model, train_set, image_passes=budget, seed=cfg.seed, loss=cfg.algorithm.loss,
                       device=device, progress=progress)
     if path is not None:
         save_checkpoint(path, dict(model.state_dict()),
-                        {"config": cfg.to_dict(), "kind": "transfer", "image_passes": budget,
+                        {"config": cfg.to_dict(), "kind": "transfer", "recipe": recipe, "image_passes": budget,
                          "seconds": time.perf_counter() - t0})
     return model.eval()
 

@@ -119,7 +119,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         self._write_run_files()
-        log = open(self.out / "log.jsonl", "a")  # noqa: SIM115  (closed on every exit path below)
+        # a fresh run starts a fresh log; a resumed one continues it (resume() already cut it at the checkpoint)
+        log = open(self.out / "log.jsonl", "a" if self.iteration > 0 else "w")  # noqa: SIM115  (closed on every exit path below)
         bar = tqdm(total=cfg.train.iterations, initial=self.iteration, disable=not self.progress,
                    desc=f"meta-train {cfg.algorithm.name}", dynamic_ncols=True)
         rng_at_start = self.sampler.generator.get_state()
