@@ -91,14 +91,17 @@ def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int, baselines: list[
     if needs_val and val_set is not None:
         val_eps = EpisodeSampler(val_set, cfg.train.shots, cfg.train.queries, seed=cfg.seed + 2).fixed_episodes(
             cfg.eval.lr_select_episodes)
+
+    def tuned(name: str, model: torch.nn.Module, budget_prefix: str) -> Method:
+        """``steps`` SGD steps from ``model`` at the rate that scores best on validation episodes."""
+        lr = select_lr(lambda r: FineTuneLearner(model, steps, r), val_eps, device=device) if val_eps else inner_lr
+        log(f"{name}: SGD rate {lr:g} chosen on validation classes")
+        return Method(name, f"{budget_prefix}{steps} SGD steps, lr {lr:g}", FineTuneLearner(model, steps, lr))
+
     if "random-init" in baselines or "random-init-long" in baselines:
         random_model = fresh_model(cfg, cfg.seed + 5).to(device).eval()
         if "random-init" in baselines:
-            lr = select_lr(lambda r: FineTuneLearner(random_model, steps, r), val_eps, device=device) \
-                if val_eps else inner_lr
-            log(f"random-init: SGD rate {lr:g} chosen on validation classes")
-            methods.append(Method("random-init", f"{steps} SGD steps, lr {lr:g}",
-                                  FineTuneLearner(random_model, steps, lr)))
+            methods.append(tuned("random-init", random_model, ""))
         if "random-init-long" in baselines:
             long = cfg.eval.long_steps
             methods.append(Method("random-init-long", f"{long} Adam steps, lr 1e-3",
@@ -108,11 +111,7 @@ def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int, baselines: list[
             raise ValueError("the transfer and prototype baselines need the training classes of the checkpoint's dataset")
         tmodel = transfer_model(cfg, train_set, run_dir, device)
         if "transfer" in baselines:
-            lr = select_lr(lambda r: FineTuneLearner(tmodel, steps, r), val_eps, device=device) \
-                if val_eps else inner_lr
-            log(f"transfer: SGD rate {lr:g} chosen on validation classes")
-            methods.append(Method("transfer", f"pre-train + {steps} SGD steps, lr {lr:g}",
-                                  FineTuneLearner(tmodel, steps, lr)))
+            methods.append(tuned("transfer", tmodel, "pre-train + "))
         if "prototype" in baselines:
             if not hasattr(tmodel, "features"):
                 log("prototype: skipped, the model has no features() method")
