@@ -119,10 +119,6 @@ class MetaAlgorithm(nn.Module):
         """The task's outer loss from its inner trajectory: query loss at the last step."""
         return self.loss_fn(forward(trajectory[-1], ep.query_x), ep.query_y, ep.query_ignore)
 
-    def task_weights(self, losses: torch.Tensor, batch: MetaBatch) -> torch.Tensor:
-        """Weights [T] over tasks in the outer loss (uniform mean)."""
-        return torch.full_like(losses, 1.0 / losses.numel())
-
     # --- shared machinery ------------------------------------------------------------------------
     def params_and_forward(self):
         params = dict(self.model.named_parameters())
@@ -163,45 +159,25 @@ class MetaAlgorithm(nn.Module):
         chunk = self._resolve_chunk(batch)
         losses = torch.cat([self.task_losses(batch, s, min(s + chunk, batch.num_tasks))
                             for s in range(0, batch.num_tasks, chunk)])
-        return (self.task_weights(losses.detach(), batch) * losses).sum()
+        return losses.mean()
 
     def meta_backward(self, batch: MetaBatch) -> dict:
         """Accumulate the meta-gradient into ``.grad`` chunk by chunk (one chunk's graph alive at a time).
 
-        Returns logs: {"loss": weighted meta-loss, "task_losses": [T]}. Same gradient as outer_loss().backward()
-        for weightings that do not depend on the losses; those that do (see task_weights) are computed from
-        a first no-graph pass.
+        Same gradient as ``outer_loss(batch).backward()`` for task weights that do not depend on other chunks'
+        losses (uniform weights). Returns logs: {"loss", "task_losses" [T], "task_weights" [T]}.
         """
         chunk = self._resolve_chunk(batch)
         T = batch.num_tasks
-        weights = None
-        if self.weights_need_losses():
-            with torch.no_grad():
-                pre = torch.cat([self._eval_task_losses(batch, s, min(s + chunk, T)) for s in range(0, T, chunk)])
-            weights = self.task_weights(pre, batch)
         values = []
         for s in range(0, T, chunk):
-            e = min(s + chunk, T)
-            losses = self.task_losses(batch, s, e)
-            w = weights[s:e] if weights is not None else torch.full_like(losses, 1.0 / T)
-            (w * losses).sum().backward()
+            losses = self.task_losses(batch, s, min(s + chunk, T))
+            (losses / T).sum().backward()
             values.append(losses.detach())
         losses = torch.cat(values)
-        if weights is None:
-            weights = torch.full_like(losses, 1.0 / T)
+        weights = torch.full_like(losses, 1.0 / T)
         return {"loss": float((weights * losses).sum()), "task_losses": losses.tolist(),
                 "task_weights": weights.tolist()}
-
-    def weights_need_losses(self) -> bool:
-        return False
-
-    def _eval_task_losses(self, batch: MetaBatch, start: int, end: int) -> torch.Tensor:
-        out = []
-        for i in range(start, end):
-            ep = batch.task(i)
-            adapted = self.adapt(ep.support_x, ep.support_y, support_ignore=ep.support_ignore)
-            out.append(self.loss_fn(adapted.logits(ep.query_x), ep.query_y, ep.query_ignore))
-        return torch.stack(out)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
               lr: float | None = None, support_ignore: torch.Tensor | None = None) -> Adapted:
