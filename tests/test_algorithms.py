@@ -97,7 +97,7 @@ def test_anil_adapts_only_the_head_and_matches_a_head_only_reference():
         assert torch.allclose(theta[n].grad, r, rtol=1e-7, atol=1e-12), n
 
 
-@pytest.mark.parametrize("name", ["reptile", "meta-sgd", "anil", "fomaml"])
+@pytest.mark.parametrize("name", ["reptile", "meta-sgd", "anil", "fomaml", "maml++", "mr-maml"])
 def test_every_algorithm_trains_checkpoints_and_evaluates(name, tmp_path):
     from test_train import TINY
 

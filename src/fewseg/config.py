@@ -65,6 +65,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     max_loss: float = 100.0          # a meta-loss above this (or NaN) stops training
     data_seed_offset: int = 0
+    class_sampling: str = "uniform"  # uniform | images (classes drawn by image count: long-tailed)
 
 
 @dataclass
@@ -191,6 +192,7 @@ def validate(cfg: Config) -> None:
         ("algorithm.inner_steps", cfg.algorithm.inner_steps >= 0), ("data.image_size", cfg.data.image_size >= 8),
         ("train.schedule", cfg.train.schedule in ("constant", "cosine")),
         ("train.outer_optimizer", cfg.train.outer_optimizer in ("adam", "sgd")),
+        ("train.class_sampling", cfg.train.class_sampling in ("uniform", "images")),
         ("algorithm.strategy", cfg.algorithm.strategy in ("auto", "loop", "vmap")),
         ("eval.episodes", cfg.eval.episodes >= 1), ("train.val_every", cfg.train.val_every >= 1),
         ("eval.shots", all(isinstance(s, int) and s >= 1 for s in cfg.eval.shots)),

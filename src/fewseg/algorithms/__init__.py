@@ -1,5 +1,5 @@
 """The MAML family. Importing this package registers every algorithm."""
-from fewseg.algorithms import anil, maml, metasgd, reptile  # noqa: F401  (registers)
+from fewseg.algorithms import anil, maml, mamlpp, metasgd, mrmaml, reptile  # noqa: F401  (registers)
 from fewseg.algorithms.base import Adapted, MetaAlgorithm
 
 __all__ = ["Adapted", "MetaAlgorithm"]

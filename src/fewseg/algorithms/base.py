@@ -24,6 +24,7 @@ from fewseg.data.episode import Episode, MetaBatch, check_images, check_masks
 from fewseg.losses import get_loss
 
 STRATEGIES = ("auto", "loop", "vmap")
+WEIGHTINGS = ("uniform", "hard", "class-frequency")
 
 
 def default_strategy(device: torch.device) -> str:
@@ -77,13 +78,19 @@ class MetaAlgorithm(nn.Module):
     "vmap" batches ``task_chunk`` tasks with torch.func.vmap; "auto" picks per device.
     adapt_pattern: regex over parameter names; only matching parameters adapt in the inner loop (ANIL).
     proximal: iMAML-style lambda/2 ||phi - theta||^2 in the inner loss.
+    task_weighting: how the tasks' query losses are combined in the outer loss (see ``task_weights``):
+    "uniform" (mean), "hard" (softmax of the losses / ``weight_temperature``: hard tasks count more) or
+    "class-frequency" (weights proportional to n_c ** -``frequency_power``, n_c = training images of the
+    task's class; for long-tailed class sampling). Weights are constants unless ``weight_grad=True``.
     """
 
     name = "maml"
 
     def __init__(self, model: nn.Module, inner_steps: int = 5, inner_lr: float = 0.01, first_order: bool = False,
                  loss: str = "bce", strategy: str = "auto", task_chunk: int = 0, adapt_pattern: str | None = None,
-                 proximal: float = 0.0, eval_steps: int | None = None, batchnorm: str = "error"):
+                 proximal: float = 0.0, eval_steps: int | None = None, batchnorm: str = "error",
+                 task_weighting: str = "uniform", weight_temperature: float = 1.0, weight_grad: bool = False,
+                 frequency_power: float = 1.0):
         super().__init__()
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
@@ -91,6 +98,10 @@ class MetaAlgorithm(nn.Module):
             raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if task_weighting not in WEIGHTINGS:
+            raise ValueError(f"task_weighting must be one of {WEIGHTINGS}, got {task_weighting!r}")
+        if weight_temperature <= 0:
+            raise ValueError(f"weight_temperature must be > 0, got {weight_temperature}")
         check_norm_layers(model, batchnorm)
         self.model = model
         self.inner_steps, self.inner_lr, self.first_order = inner_steps, float(inner_lr), first_order
@@ -105,6 +116,9 @@ class MetaAlgorithm(nn.Module):
                                  f"(names: {', '.join(names[:6])} ...)")
         else:
             self.adapt_names = names
+        self.task_weighting, self.weight_temperature = task_weighting, float(weight_temperature)
+        self.weight_grad, self.frequency_power = bool(weight_grad), float(frequency_power)
+        self.class_counts: dict[int, int] = {}  # images per training class (class-frequency weighting)
         self.iteration = 0  # outer iteration, set by the trainer (annealing schedules read it)
 
     # --- pieces subclasses override -------------------------------------------------------------
@@ -115,9 +129,44 @@ class MetaAlgorithm(nn.Module):
     def use_second_order(self) -> bool:
         return not self.first_order
 
+    def step_params(self, step: int) -> Params:
+        """Parameters that replace the model's at inner step ``step`` only (MAML++ per-step norms)."""
+        return {}
+
+    def at_step(self, params: Params, step: int) -> Params:
+        extra = self.step_params(step)
+        return {**params, **extra} if extra else params
+
     def query_loss(self, forward, trajectory: list[Params], ep: Episode) -> torch.Tensor:
         """The task's outer loss from its inner trajectory: query loss at the last step."""
-        return self.loss_fn(forward(trajectory[-1], ep.query_x), ep.query_y, ep.query_ignore)
+        last = len(trajectory) - 1
+        return self.loss_fn(forward(self.at_step(trajectory[last], last), ep.query_x), ep.query_y, ep.query_ignore)
+
+    def outer_regulariser(self) -> torch.Tensor | None:
+        """A term added once per meta-batch to the outer loss (MR-MAML's KL), or None."""
+        return None
+
+    def task_weights(self, losses: torch.Tensor, class_ids: list[int]) -> torch.Tensor:
+        """Weights [T] (summing to 1) of the tasks' query losses [T] in the outer loss.
+
+        Example:
+            >>> algo.task_weighting = "hard"; algo.task_weights(torch.tensor([0.1, 0.5]), [3, 7])
+            tensor([0.4013, 0.5987])
+        """
+        T = losses.shape[0]
+        if self.task_weighting == "hard":
+            w = torch.softmax(losses / self.weight_temperature, dim=0)
+            return w if self.weight_grad else w.detach()
+        if self.task_weighting == "class-frequency":
+            missing = [c for c in class_ids if c not in self.class_counts]
+            if missing or len(class_ids) != T:
+                raise ValueError(f"task_weighting='class-frequency' needs the image count of every class; "
+                                 f"unknown class(es) {missing or class_ids}")
+            counts = torch.tensor([float(self.class_counts[c]) for c in class_ids], dtype=losses.dtype,
+                                  device=losses.device)
+            w = counts ** (-self.frequency_power)
+            return w / w.sum()
+        return torch.full_like(losses, 1.0 / T).detach()
 
     # --- shared machinery ------------------------------------------------------------------------
     def params_and_forward(self):
@@ -128,7 +177,8 @@ class MetaAlgorithm(nn.Module):
     def _task_loss(self, forward, params: Params, ep: Episode, functional_grad: bool) -> torch.Tensor:
         trajectory = inner_loop(forward, params, self.adapt_names, ep.support_x, ep.support_y, ep.support_ignore,
                                 self.inner_steps, self.lr_for, self.loss_fn, create_graph=self.use_second_order(),
-                                functional_grad=functional_grad, proximal=self.proximal)
+                                functional_grad=functional_grad, proximal=self.proximal,
+                                step_params=self.step_params)
         return self.query_loss(forward, trajectory, ep)
 
     def _resolve_chunk(self, batch: MetaBatch) -> int:
@@ -156,28 +206,70 @@ class MetaAlgorithm(nn.Module):
 
     def outer_loss(self, batch: MetaBatch) -> torch.Tensor:
         """Scalar meta-loss with the whole graph kept; ``.backward()`` gives the meta-gradient."""
+        return self._whole_graph_loss(batch)[0]
+
+    def _whole_graph_loss(self, batch: MetaBatch):
         chunk = self._resolve_chunk(batch)
         losses = torch.cat([self.task_losses(batch, s, min(s + chunk, batch.num_tasks))
                             for s in range(0, batch.num_tasks, chunk)])
-        return losses.mean()
+        weights = self.task_weights(losses, batch.class_ids)
+        loss = (weights * losses).sum()
+        reg = self.outer_regulariser()
+        return (loss if reg is None else loss + reg), losses, weights, reg
 
     def meta_backward(self, batch: MetaBatch) -> dict:
         """Accumulate the meta-gradient into ``.grad`` chunk by chunk (one chunk's graph alive at a time).
 
-        Same gradient as ``outer_loss(batch).backward()`` for task weights that do not depend on other chunks'
-        losses (uniform weights). Returns logs: {"loss", "task_losses" [T], "task_weights" [T]}.
+        Same gradient as ``outer_loss(batch).backward()``. Weights that do not depend on the losses (uniform,
+        class-frequency) scale each chunk's backward; "hard" weights (constants, the default) are applied to
+        per-task gradients kept until every loss is known (T copies of the gradient, not of the graph);
+        weights with gradients (``weight_grad=True``) need every graph at once (memory grows with T).
+        Returns logs: {"loss", "task_losses" [T], "task_weights" [T], "regulariser"?}.
         """
+        if self.task_weighting == "hard" and self.weight_grad:
+            loss, losses, weights, reg = self._whole_graph_loss(batch)
+            loss.backward()
+            logs = self._logs(losses.detach(), weights)
+            if reg is not None:
+                logs["regulariser"] = float(reg.detach())
+                logs["loss"] += logs["regulariser"]
+            return logs
         chunk = self._resolve_chunk(batch)
         T = batch.num_tasks
+        static = None if self.task_weighting == "hard" else self.task_weights(
+            torch.zeros(T, dtype=batch.support_x.dtype, device=batch.support_x.device), batch.class_ids)
+        params = [p for p in self.parameters() if p.requires_grad]
+        per_task: list[list[torch.Tensor | None]] = []
         values = []
         for s in range(0, T, chunk):
             losses = self.task_losses(batch, s, min(s + chunk, T))
-            (losses / T).sum().backward()
+            if static is not None:
+                (losses * static[s:s + losses.shape[0]]).sum().backward()
+            else:
+                for j in range(losses.shape[0]):
+                    per_task.append(list(torch.autograd.grad(losses[j], params, retain_graph=j + 1 < losses.shape[0],
+                                                             allow_unused=True)))
             values.append(losses.detach())
         losses = torch.cat(values)
-        weights = torch.full_like(losses, 1.0 / T)
-        return {"loss": float((weights * losses).sum()), "task_losses": losses.tolist(),
-                "task_weights": weights.tolist()}
+        weights = static if static is not None else self.task_weights(losses, batch.class_ids)
+        if per_task:
+            for k, p in enumerate(params):
+                parts = [w * g[k] for w, g in zip(weights, per_task) if g[k] is not None]
+                if parts:
+                    total = torch.stack(parts).sum(0)
+                    p.grad = total if p.grad is None else p.grad + total
+        logs = self._logs(losses, weights)
+        reg = self.outer_regulariser()
+        if reg is not None:
+            reg.backward()
+            logs["regulariser"] = float(reg.detach())
+            logs["loss"] += logs["regulariser"]
+        return logs
+
+    @staticmethod
+    def _logs(losses: torch.Tensor, weights: torch.Tensor) -> dict:
+        return {"loss": float((weights.detach() * losses).sum()), "task_losses": losses.tolist(),
+                "task_weights": weights.detach().tolist()}
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
               lr: float | None = None, support_ignore: torch.Tensor | None = None) -> Adapted:
@@ -189,19 +281,30 @@ class MetaAlgorithm(nn.Module):
             support_ignore = support_ignore.bool()
         steps = self.eval_steps if steps is None else steps
         lr_for = self.lr_for if lr is None else (lambda step, name: lr)
-        params, forward = self.params_and_forward()
+        params, forward = self.mean_params_and_forward()
         with torch.no_grad():
             rates = {(k, n): _detach(lr_for(min(k, self.inner_steps - 1) if self.inner_steps else k, n))
                      for k in range(steps) for n in self.adapt_names}
+            fixed = {k: {n: p.detach() for n, p in self.step_params(min(k, self.inner_steps)).items()}
+                     for k in range(steps + 1)}
         trajectory = inner_loop(forward, params, self.adapt_names, support_x, support_y.to(support_x.dtype),
                                 support_ignore, steps, lambda k, n: rates[(k, n)], self.loss_fn,
-                                create_graph=False, keep_graph=False, proximal=self.proximal)
-        final = {n: p.detach() for n, p in trajectory[-1].items()}
+                                create_graph=False, keep_graph=False, proximal=self.proximal,
+                                step_params=fixed.__getitem__)
+        final = {n: p.detach() for n, p in {**trajectory[-1], **fixed[steps]}.items()}
         return Adapted(forward, final)
+
+    def mean_params_and_forward(self):
+        """The deterministic weights used at test time (MR-MAML: the posterior means)."""
+        return self.params_and_forward()
 
     def extra_state(self) -> dict:
         """JSON-able algorithm state saved in checkpoints beside the tensors (e.g. the iteration)."""
-        return {"iteration": self.iteration}
+        return {"iteration": self.iteration, "class_counts": {str(c): n for c, n in self.class_counts.items()}}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.iteration = int(state.get("iteration", 0))
+        self.class_counts = {int(c): int(n) for c, n in state.get("class_counts", {}).items()}
 
 
 def _detach(v):

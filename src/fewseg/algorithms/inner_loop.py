@@ -31,7 +31,8 @@ def make_forward(model: torch.nn.Module, buffers: Mapping[str, torch.Tensor]) ->
 def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: Params, adapt_names: list[str],
                x: torch.Tensor, y: torch.Tensor, ignore: torch.Tensor | None, steps: int,
                lr_for: LearningRates, loss_fn: LossFn, create_graph: bool, keep_graph: bool = True,
-               functional_grad: bool = False, proximal: float = 0.0) -> list[Params]:
+               functional_grad: bool = False, proximal: float = 0.0,
+               step_params: Callable[[int], Params] | None = None) -> list[Params]:
     """Take ``steps`` SGD steps on the support loss; return [params_0, ..., params_steps].
 
     x [S,3,H,W], y [S,1,H,W], ignore [S,1,H,W] | None. Only ``adapt_names`` change; the others are shared.
@@ -39,14 +40,16 @@ def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: 
     keep_graph: False detaches after every step (test-time adaptation builds no outer graph at all).
     functional_grad: use torch.func.grad (required under vmap) instead of torch.autograd.grad.
     proximal: lambda of the iMAML-style term lambda/2 * ||phi - theta||^2 added to the support loss.
+    step_params(k): extra parameters used by the forward at inner step k only (MAML++ per-step norm weights).
     """
     anchor = {n: params[n].detach() if not keep_graph else params[n] for n in adapt_names}
     if not keep_graph:
         params = {n: (p.detach().requires_grad_(True) if n in anchor else p.detach()) for n, p in params.items()}
     trajectory = [params]
 
-    def support_loss(adapted: Params, shared: Params) -> torch.Tensor:
-        loss = loss_fn(forward({**shared, **adapted}, x), y, ignore)
+    def support_loss(adapted: Params, shared: Params, step: int) -> torch.Tensor:
+        extra = step_params(step) if step_params is not None else {}
+        loss = loss_fn(forward({**shared, **adapted, **extra}, x), y, ignore)
         if proximal:
             loss = loss + 0.5 * proximal * sum(((adapted[n] - anchor[n]) ** 2).sum() for n in adapted)
         return loss
@@ -55,9 +58,9 @@ def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: 
         for step in range(steps):
             adapted = {n: params[n] for n in adapt_names}
             if functional_grad:
-                grads = torch.func.grad(support_loss)(adapted, params)
+                grads = torch.func.grad(support_loss)(adapted, params, step)
             else:
-                loss = support_loss(adapted, params)
+                loss = support_loss(adapted, params, step)
                 values = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
                 grads = dict(zip(adapted, values))
             new = dict(params)

@@ -64,10 +64,12 @@ class Reptile(MetaAlgorithm):
                    for n in self.adapt_names)
 
     def meta_backward(self, batch: MetaBatch) -> dict:
+        """Pseudo-gradient theta - sum_i w_i phi_i (w: ``task_weights`` of the adapted losses, uniform by default)."""
         phis, losses = self.adapted_weights(batch)
+        w = self.task_weights(torch.tensor(losses), batch.class_ids).detach()
         for n, p in self.model.named_parameters():
             if n in self.adapt_names:
-                pseudo = p.detach() - torch.stack([phi[n] for phi in phis]).mean(0)
+                mean_phi = sum(float(w[i]) * phi[n] for i, phi in enumerate(phis))
+                pseudo = p.detach() - mean_phi
                 p.grad = pseudo if p.grad is None else p.grad + pseudo
-        w = 1.0 / batch.num_tasks
-        return {"loss": sum(losses) * w, "task_losses": losses, "task_weights": [w] * batch.num_tasks}
+        return {"loss": float((w * torch.tensor(losses)).sum()), "task_losses": losses, "task_weights": w.tolist()}

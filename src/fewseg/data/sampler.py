@@ -18,18 +18,26 @@ from fewseg.data.episode import Episode, MetaBatch, collate
 from fewseg.errors import DataError
 
 
+CLASS_SAMPLING = ("uniform", "images")
+
+
 class EpisodeSampler:
     """Draws episodes: a class, then ``shots`` support and ``queries`` query images of it, disjoint.
 
     Classes with fewer than ``shots + queries`` usable images are skipped with a warning (or, with
     ``strict=True``, raise a :class:`DataError` naming them). All randomness comes from ``self.generator``.
     ``augment(image, mask, ignore, generator)`` is applied per image when given (training only).
+    ``class_sampling``: "uniform" over classes, or "images" (proportional to each class's image count, the
+    long-tailed distribution that class-frequency task weighting corrects).
     """
 
     def __init__(self, dataset: SegmentationDataset, shots: int = 5, queries: int = 5, seed: int = 0,
-                 strict: bool = False, augment: Callable | None = None):
+                 strict: bool = False, augment: Callable | None = None, class_sampling: str = "uniform"):
         if shots < 1 or queries < 1:
             raise ValueError(f"shots and queries must be >= 1, got shots={shots}, queries={queries}")
+        if class_sampling not in CLASS_SAMPLING:
+            raise ValueError(f"class_sampling must be one of {CLASS_SAMPLING}, got {class_sampling!r}")
+        self.class_sampling = class_sampling
         self.dataset, self.shots, self.queries, self.augment = dataset, shots, queries, augment
         self.generator = torch.Generator().manual_seed(seed)
         need = shots + queries
@@ -53,9 +61,19 @@ class EpisodeSampler:
     def _randint(self, n: int) -> int:
         return int(torch.randint(n, (1,), generator=self.generator))
 
+    def class_counts(self) -> dict[int, int]:
+        """{class id: usable images} of the sampled classes."""
+        return {c: len(self._items[c]) for c in self.classes}
+
+    def _draw_class(self) -> int:
+        if self.class_sampling == "images":  # long-tailed: a class as often as it has images
+            counts = torch.tensor([float(len(self._items[c])) for c in self.classes])
+            return self.classes[int(torch.multinomial(counts, 1, generator=self.generator))]
+        return self.classes[self._randint(len(self.classes))]
+
     def sample(self, class_id: int | None = None) -> Episode:
-        """One episode of ``class_id`` (or of a uniformly drawn class)."""
-        c = self.classes[self._randint(len(self.classes))] if class_id is None else class_id
+        """One episode of ``class_id`` (or of a drawn class: uniformly, or by image count)."""
+        c = self._draw_class() if class_id is None else class_id
         if c not in self._items:
             raise DataError(f"class {c} is not available in this sampler (too few images or other split)")
         items = self._items[c]

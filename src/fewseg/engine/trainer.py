@@ -58,7 +58,9 @@ class Trainer:
         self.train_set = build_dataset(cfg.data, "train", cfg.seed)
         self.val_set = build_dataset(cfg.data, "val", cfg.seed)
         self.sampler = EpisodeSampler(self.train_set, cfg.train.shots, cfg.train.queries,
-                                      seed=cfg.seed + cfg.train.data_seed_offset, augment=make_augment(cfg))
+                                      seed=cfg.seed + cfg.train.data_seed_offset, augment=make_augment(cfg),
+                                      class_sampling=cfg.train.class_sampling)
+        self.algo.class_counts = self.sampler.class_counts()
         self.val_episodes = EpisodeSampler(self.val_set, cfg.train.shots, cfg.train.queries,
                                            seed=cfg.seed + 1).fixed_episodes(cfg.train.val_episodes)
         params = list(self.algo.parameters())
