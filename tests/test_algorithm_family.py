@@ -203,7 +203,9 @@ class LongTail(fewseg.data.base.SegmentationDataset):
     """Class 1 has 30 images, class 2 has 6."""
 
     name = "long-tail"
-    class_names = {1: "common", 2: "rare"}
+
+    def __init__(self):
+        self.class_names = {1: "common", 2: "rare"}
 
     def items(self, class_id):
         return list(range(30 if class_id == 1 else 6))

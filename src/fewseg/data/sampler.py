@@ -17,7 +17,6 @@ from fewseg.data.base import SegmentationDataset
 from fewseg.data.episode import Episode, MetaBatch, collate
 from fewseg.errors import DataError
 
-
 CLASS_SAMPLING = ("uniform", "images")
 
 
