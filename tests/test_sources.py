@@ -492,3 +492,46 @@ def test_real_ccp_fold0_loads_one_sample():
     assert s.image.shape == (3, 64, 64) and s.mask.sum() > 0
     assert ds.describe()["fold"] == 0 and len(ds.class_ids()) >= 5
     assert time.perf_counter() - t0 < 10
+
+
+class _ConstantLearner:
+    """Predicts the same probability everywhere (a fixed predictor, so the counts are known exactly)."""
+
+    def __init__(self, p):
+        self.p = p
+
+    def adapt(self, support_x, support_y, support_ignore=None):
+        return self
+
+    def predict(self, images):
+        return torch.full((images.shape[0], 1, images.shape[2], images.shape[3]), self.p)
+
+
+@pytest.mark.parametrize("resize", ["pad", "stretch"])
+def test_evaluation_scores_at_the_original_label_resolution(lm_root, resize):
+    from fewseg.data.sampler import EpisodeSampler
+    from fewseg.data.transforms import content_box, to_original
+    from fewseg.engine.evaluator import evaluate
+
+    ds = LabelMapDataset(lm_root, split="all", image_size=16, resize=resize)
+    eps = EpisodeSampler(ds, 1, 2, seed=0).fixed_episodes(3)
+    fg = valid = 0
+    for ep in eps:
+        for key in ep.keys[1:]:
+            lab = np.asarray(Image.open(lm_root / "labels" / f"{key}.png")).astype(np.int64)  # 24x32
+            fg += int(((lab == ep.class_id) & (lab != 255)).sum())
+            valid += int((lab != 255).sum())
+    # all background: fg IoU 0, bg IoU = (valid - fg) / valid; all foreground: fg IoU = fg / valid, bg IoU 0
+    # -- counted on the 24x32 label maps (ignore pixels nowhere), not on the 16x16 network input
+    none = evaluate(_ConstantLearner(0.0), eps, full_resolution=ds.full_resolution)
+    every = evaluate(_ConstantLearner(1.0), eps, full_resolution=ds.full_resolution)
+    assert none["fb_iou"] == pytest.approx(0.5 * (valid - fg) / valid)
+    assert every["fb_iou"] == pytest.approx(0.5 * fg / valid)
+    small = evaluate(_ConstantLearner(1.0), eps)
+    assert small["fb_iou"] != pytest.approx(every["fb_iou"])
+    box = content_box(24, 32, 16, "pad")
+    assert box == (2, 0, 12, 16)
+    logits = torch.full((1, 1, 16, 16), -5.0)
+    logits[..., 2:14, :] = 3.0
+    assert torch.equal(to_original(logits, box, 24, 32), torch.full((1, 1, 24, 32), 3.0))
+    assert LabelMapDataset(lm_root, split="all", image_size=16, resize="crop").full_resolution("img000", 1) is None

@@ -80,6 +80,7 @@ class EvalConfig:
     long_steps: int = 100
     lr_select_episodes: int = 20     # validation episodes for choosing baseline fine-tuning rates
     transfer_images: int = 0         # image passes for transfer pre-training (0 = same as meta-training)
+    full_resolution: bool = True     # real data: score at the label maps' own size (logits upsampled)
 
 
 @dataclass

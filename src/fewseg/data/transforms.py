@@ -38,6 +38,30 @@ def _resize_labels(labels: np.ndarray, w: int, h: int) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
+def content_box(H: int, W: int, size: int, mode: str) -> tuple[int, int, int, int] | None:
+    """(top, left, h, w): where an H x W photo lies in the ``size`` x ``size`` network input after ``mode``;
+    None for "crop" (part of the photo is cut away, so predictions cannot cover the original).
+
+    Example:
+        >>> content_box(30, 60, 32, "pad")
+        (8, 0, 16, 32)
+    """
+    if mode == "stretch":
+        return 0, 0, size, size
+    if mode == "pad":
+        s = size / max(H, W)
+        h, w = max(1, min(size, round(H * s))), max(1, min(size, round(W * s)))
+        return (size - h) // 2, (size - w) // 2, h, w
+    return None
+
+
+def to_original(values: torch.Tensor, box: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:
+    """Network-size maps ``[N,C,S,S]`` (logits) -> ``[N,C,height,width]`` over the photo's ``box`` (bilinear)."""
+    top, left, h, w = box
+    inside = values[..., top:top + h, left:left + w]
+    return torch.nn.functional.interpolate(inside, size=(height, width), mode="bilinear", align_corners=False)
+
+
 def resize_arrays(image: np.ndarray, labels: np.ndarray, size: int, mode: str = "stretch",
                   fill_label: int = 255) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`resize_pair` but stays in numpy: uint8 ``[size,size,3]`` and labels ``[size,size]``
@@ -54,12 +78,10 @@ def resize_arrays(image: np.ndarray, labels: np.ndarray, size: int, mode: str = 
     if mode == "stretch":
         return _resize_image(image, size, size), _resize_labels(labels, size, size)
     if mode == "pad":
-        s = size / max(H, W)
-        h, w = max(1, min(size, round(H * s))), max(1, min(size, round(W * s)))
+        top, left, h, w = content_box(H, W, size, mode)
         im, lab = _resize_image(image, w, h), _resize_labels(labels, w, h)
         out_im = np.zeros((size, size, 3), dtype=np.uint8)
         out_lab = np.full((size, size), fill_label, dtype=labels.dtype)
-        top, left = (size - h) // 2, (size - w) // 2
         out_im[top:top + h, left:left + w] = im
         out_lab[top:top + h, left:left + w] = lab
         return out_im, out_lab

@@ -10,7 +10,7 @@ Example:
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +18,8 @@ import torch
 
 from fewseg.algorithms.base import Adapted, MetaAlgorithm
 from fewseg.data.episode import Episode
-from fewseg.metrics import IoUAccumulator, binary_stats
+from fewseg.data.transforms import to_original
+from fewseg.metrics import BinaryStats, IoUAccumulator, binary_stats
 
 
 class Predictor(Protocol):
@@ -45,15 +46,46 @@ class MetaLearner:
 
 def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0.5,
              device: torch.device | str = "cpu",
-             on_episode: Callable[[int, Episode, torch.Tensor], None] | None = None) -> dict:
-    """Adapt on each episode's support set, predict its queries, accumulate per-class stats -> summary."""
+             on_episode: Callable[[int, Episode, torch.Tensor], None] | None = None,
+             full_resolution: FullResolution | None = None) -> dict:
+    """Adapt on each episode's support set, predict its queries, accumulate per-class stats -> summary.
+
+    full_resolution(key, class_id) -> (mask [1,1,H,W], ignore [1,1,H,W], box) | None: when given (real
+    datasets), each query is scored against its label map at the original size: the logits inside ``box``
+    are upsampled bilinearly to H x W, and ignore pixels count nowhere.
+    """
     acc = IoUAccumulator()
     for i, ep in enumerate(episodes):
         ep = ep.to(device)
         predictor = learner.adapt(ep.support_x, ep.support_y, support_ignore=ep.support_ignore)
         with torch.no_grad():
             probs = predictor.predict(ep.query_x)  # [Q,1,H,W]
-        acc.update(ep.class_id, binary_stats(probs > threshold, ep.query_y, ep.query_ignore))
+        if full_resolution is not None and len(ep.keys) == ep.support_x.shape[0] + ep.query_x.shape[0]:
+            stats = _full_resolution_stats(probs, ep, threshold, full_resolution)
+        else:
+            stats = binary_stats(probs > threshold, ep.query_y, ep.query_ignore)
+        acc.update(ep.class_id, stats)
         if on_episode is not None:
             on_episode(i, ep, probs)
     return acc.summary()
+
+
+FullResolution = Callable[[Hashable, int], "tuple[torch.Tensor, torch.Tensor, tuple] | None"]
+
+
+def _full_resolution_stats(probs: torch.Tensor, ep: Episode, threshold: float,
+                           full_resolution: FullResolution) -> BinaryStats:
+    """Stats of every query image at its original label resolution (probs [Q,1,S,S])."""
+    cut = torch.logit(torch.tensor(threshold)).item()
+    parts = []
+    for j, key in enumerate(ep.keys[ep.support_x.shape[0]:]):
+        original = full_resolution(key, ep.class_id)
+        if original is None:  # e.g. centre crops: score at the network size
+            parts.append(binary_stats(probs[j:j + 1] > threshold, ep.query_y[j:j + 1],
+                                      None if ep.query_ignore is None else ep.query_ignore[j:j + 1]))
+            continue
+        mask, ignore, box = original
+        logits = torch.logit(probs[j:j + 1].double().clamp(1e-12, 1 - 1e-12))
+        up = to_original(logits, box, mask.shape[-2], mask.shape[-1])
+        parts.append(binary_stats(up.cpu() > cut, mask, ignore))
+    return BinaryStats(*[torch.cat(field) for field in zip(*parts)])

@@ -122,15 +122,19 @@ def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int, baselines: list[
 
 
 def run_protocol(methods: list[Method], test_set: SegmentationDataset, shots_list: list[int], queries: int,
-                 episodes: int, seed: int, device, log: Callable[[str], None] = print) -> dict:
-    """{shots: {method: summary + budget + seconds}} on fixed, seeded test episodes per shot count."""
+                 episodes: int, seed: int, device, log: Callable[[str], None] = print,
+                 full_resolution: bool = True) -> dict:
+    """{shots: {method: summary + budget + seconds}} on fixed, seeded test episodes per shot count.
+
+    full_resolution: score against the original label maps when the dataset offers them (real data)."""
+    original = getattr(test_set, "full_resolution", None) if full_resolution else None
     results: dict = {}
     for shots in shots_list:
         eps = EpisodeSampler(test_set, shots, queries, seed=seed).fixed_episodes(episodes)
         results[shots] = {}
         for m in methods:
             t0 = time.perf_counter()
-            summary = evaluate(m.learner, eps, device=device)
+            summary = evaluate(m.learner, eps, device=device, full_resolution=original)
             summary.update(budget=m.budget, seconds=time.perf_counter() - t0)
             results[shots][m.name] = summary
             log(f"{shots}-shot {m.name}: mIoU {100 * summary['miou']:.1f} ({time.perf_counter() - t0:.0f}s)")

@@ -65,12 +65,15 @@ def evaluate_checkpoint(checkpoint, shots=(1, 5), episodes=300, steps=None, seed
     val_set = build_dataset(cfg.data, "val", cfg.seed) if baselines else None
     t0 = time.perf_counter()
     methods = build_methods(cfg, algo, steps, baselines, train_set, val_set, run_dir_of(ckpt_dir), device, log)
-    results = run_protocol(methods, test_set, list(shots), cfg.eval.queries, episodes, seed, device, log)
+    results = run_protocol(methods, test_set, list(shots), cfg.eval.queries, episodes, seed, device, log,
+                           full_resolution=cfg.eval.full_resolution)
+    scored_at = ("original label resolution" if cfg.eval.full_resolution and hasattr(test_set, "full_resolution")
+                 else f"{cfg.data.image_size}x{cfg.data.image_size}")
     table = format_table(results)
     log(f"\n{test_set.name} test classes: {len(test_set.class_ids())}, episodes per shot count: {episodes}, "
-        f"seed {seed}\n{table}")
+        f"seed {seed}, scored at {scored_at}\n{table}")
     record = {"checkpoint": str(ckpt_dir), "dataset": test_set.describe(), "episodes": episodes, "seed": seed,
-              "steps": steps, "results": {str(k): v for k, v in results.items()}, "table": table,
+              "steps": steps, "scored_at": scored_at, "results": {str(k): v for k, v in results.items()}, "table": table,
               "seconds": time.perf_counter() - t0}
     out = Path(output) if output else ckpt_dir.parent.parent / "eval.json" if run_dir_of(ckpt_dir) \
         else ckpt_dir / "eval.json"

@@ -33,7 +33,7 @@ from PIL import Image
 
 from fewseg.data.base import Sample, SegmentationDataset
 from fewseg.data.io import read_image, read_label_map
-from fewseg.data.transforms import RESIZE_MODES, resize_arrays
+from fewseg.data.transforms import RESIZE_MODES, content_box, resize_arrays
 from fewseg.errors import DataError
 from fewseg.registry import DATASETS
 
@@ -316,6 +316,16 @@ class LabelMapDataset(SegmentationDataset):
         lab_t = torch.from_numpy(lab.astype(np.int64))                                            # [S,S]
         mask = (lab_t == class_id).to(torch.float32)[None]                                        # [1,S,S]
         return Sample(image.contiguous(), mask, (lab_t == IGNORE)[None])
+
+    def full_resolution(self, key: Hashable, class_id: int):
+        """(mask [1,1,H,W] float, ignore [1,1,H,W] bool, box) of image ``key`` at its label map's own size, and
+        where the photo lies in the network input (see ``content_box``); None when ``resize="crop"``."""
+        labels = read_label_map(self._label_paths[key])
+        box = content_box(labels.shape[0], labels.shape[1], self.image_size, self.resize)
+        if box is None:
+            return None
+        lab_t = torch.from_numpy(labels.astype(np.int64))[None, None]
+        return (lab_t == class_id).to(torch.float32), lab_t == IGNORE, box
 
     def describe(self) -> dict:
         d = super().describe()
