@@ -49,6 +49,8 @@ def test_adapt_writes_masks_and_overlays_for_a_folder(trained_run, tmp_path, cap
                  "--output", str(tmp_path / "out")]) == 0
     masks = sorted((tmp_path / "out" / "masks").glob("*.png"))
     assert len(masks) == 3 and Image.open(masks[0]).size == (50, 40)
+    meta = json.loads((trained_run / "checkpoints" / "last" / "meta.json").read_text())
+    assert meta["preprocessing"]["resize"] == "stretch" and meta["preprocessing"]["image_size"] > 0
     assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 3
     Image.fromarray(np.zeros((40, 51), np.uint8)).save(support / "s0.png")  # wrong size
     assert main(["adapt", "--checkpoint", str(trained_run), "--support", str(support), "--images", str(images),

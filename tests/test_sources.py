@@ -535,3 +535,21 @@ def test_evaluation_scores_at_the_original_label_resolution(lm_root, resize):
     logits[..., 2:14, :] = 3.0
     assert torch.equal(to_original(logits, box, 24, 32), torch.full((1, 1, 24, 32), 3.0))
     assert LabelMapDataset(lm_root, split="all", image_size=16, resize="crop").full_resolution("img000", 1) is None
+
+
+def test_folder_evaluation_scores_at_the_mask_files_resolution(tmp_path):
+    from fewseg.data.sampler import EpisodeSampler
+    from fewseg.engine.evaluator import evaluate
+
+    root = tmp_path / "fss"
+    for k in range(2):
+        make_class(root, f"class{k}", n=4, size=(12, 16))
+    ds = FolderDataset(root, split="all", image_size=8, resize="pad")
+    eps = EpisodeSampler(ds, 1, 2, seed=0).fixed_episodes(2)
+    fg = total = 0
+    for ep in eps:
+        for key in ep.keys[1:]:
+            m = np.asarray(Image.open(ds._paths[key][2])) > 127
+            fg, total = fg + int(m.sum()), total + m.size
+    every = evaluate(_ConstantLearner(1.0), eps, full_resolution=ds.full_resolution)
+    assert every["fb_iou"] == pytest.approx(0.5 * fg / total)

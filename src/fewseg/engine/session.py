@@ -120,15 +120,17 @@ def find_support_pairs(folder: Path) -> list[tuple[Path, Path]]:
 def adapt_folder(checkpoint, support, images, output, steps=None, device="cpu", log=print) -> dict:
     """Adapt to the labelled images in ``support``; write masks and overlays of ``images`` to ``output``."""
     import numpy as np
-    import torch.nn.functional as F
     from PIL import Image
 
     from fewseg.data.io import read_binary_mask, read_image
-    from fewseg.data.transforms import resize_pair
+    from fewseg.data.transforms import content_box, resize_pair, to_original
     from fewseg.errors import DataError
 
-    cfg, algo, _ = load_algorithm(checkpoint, device)
-    size, mode = cfg.data.image_size, cfg.data.options.get("resize", "stretch")
+    cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
+    prep = load_checkpoint(ckpt_dir).meta.get("preprocessing") or {}
+    size = int(prep.get("image_size", cfg.data.image_size))
+    mode = prep.get("resize") or cfg.data.options.get("resize", "stretch")
+    infer_mode = "pad" if mode == "crop" else mode  # a centre crop would leave the borders unsegmented
     sx, sy, si = [], [], []
     for img_path, mask_path in find_support_pairs(Path(support)):
         img = read_image(img_path)
@@ -153,9 +155,10 @@ def adapt_folder(checkpoint, support, images, output, steps=None, device="cpu", 
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     for path in targets:
         img = read_image(path)
-        x, _ = resize_pair(img, np.zeros(img.shape[:2], np.int64), size, "stretch")
+        x, _ = resize_pair(img, np.zeros(img.shape[:2], np.int64), size, infer_mode)
         logits = adapted.logits(x[None].to(device))                                  # [1,1,size,size]
-        logits = F.interpolate(logits, size=img.shape[:2], mode="bilinear", align_corners=False)
+        box = content_box(img.shape[0], img.shape[1], size, infer_mode)
+        logits = to_original(logits, box, img.shape[0], img.shape[1])                # [1,1,H,W]
         fg = (torch.sigmoid(logits)[0, 0] > cfg.eval.threshold).cpu().numpy()
         Image.fromarray((fg * 255).astype(np.uint8)).save(out / "masks" / f"{path.stem}.png")
         tint = img.astype(np.float32)

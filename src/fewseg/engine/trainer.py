@@ -75,7 +75,14 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------------------
     def state_meta(self) -> dict:
         return {"config": self.cfg.to_dict(), "iteration": self.iteration, "best_val_miou": self.best_val,
-                "last_val_miou": self.last_val, "algorithm_state": self.algo.extra_state(), "kind": "meta"}
+                "last_val_miou": self.last_val, "algorithm_state": self.algo.extra_state(), "kind": "meta",
+                "preprocessing": self.preprocessing()}
+
+    def preprocessing(self) -> dict:
+        """How images reach the network, so adaptation and inference prepare new photos the same way."""
+        return {"image_size": self.cfg.data.image_size, "resize": getattr(self.train_set, "resize", "stretch"),
+                "pixels": "RGB scaled to [0, 1], no mean/std normalisation", "mask": "1 = class, 0 = rest",
+                "ignore_label": 255}
 
     def save(self, name: str, sampler_state: torch.Tensor | None = None) -> Path:
         path = self.out / "checkpoints" / name

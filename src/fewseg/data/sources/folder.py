@@ -22,7 +22,7 @@ import torch
 
 from fewseg.data.base import Sample, SegmentationDataset
 from fewseg.data.io import read_binary_mask, read_image
-from fewseg.data.transforms import RESIZE_MODES, resize_pair
+from fewseg.data.transforms import RESIZE_MODES, content_box, resize_pair
 from fewseg.errors import DataError
 from fewseg.registry import DATASETS
 
@@ -216,6 +216,16 @@ class FolderDataset(SegmentationDataset):
         labels = np.where(ignore, 255, fg).astype(np.uint8)  # [H,W] 0/1/255
         x, lab = resize_pair(image, labels, self.image_size, self.resize)
         return Sample(x, (lab == 1).to(torch.float32)[None], (lab == 255)[None])
+
+    def full_resolution(self, key: Hashable, class_id: int):
+        """(mask [1,1,H,W], ignore [1,1,H,W], box) at the mask file's own size (see ``content_box``);
+        None when ``resize="crop"``."""
+        _, _, mask_path = self._paths[key]
+        fg, ignore = read_binary_mask(mask_path)
+        box = content_box(fg.shape[0], fg.shape[1], self.image_size, self.resize)
+        if box is None:
+            return None
+        return (torch.from_numpy(fg).to(torch.float32)[None, None], torch.from_numpy(ignore)[None, None], box)
 
     def describe(self) -> dict:
         d = super().describe()
