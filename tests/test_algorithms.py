@@ -113,3 +113,21 @@ def test_every_algorithm_trains_checkpoints_and_evaluates(name, tmp_path):
         assert torch.equal(a, b), k
     record = evaluate_checkpoint(tmp_path, shots=[1], episodes=2, log=lambda *_: None)
     assert 0 <= record["results"]["1"][name]["miou"] <= 1
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_anil_feature_cache_is_the_same_mathematics_as_whole_network_steps(strategy):
+    batch = random_batch(T=2, dtype=torch.float64)
+    grads, adapted = [], []
+    for cache in (True, False):
+        torch.manual_seed(3)
+        model = fewseg.create_model("unet", depth=2, width=4).double()
+        algo = fewseg.create_algorithm("anil", model, inner_steps=2, inner_lr=0.5, cache_features=cache,
+                                       strategy=strategy)
+        assert algo.cache_features == cache
+        algo.meta_backward(batch)
+        grads.append([p.grad for p in model.parameters()])
+        adapted.append(algo.adapt(batch.support_x[0], batch.support_y[0], steps=3).predict(batch.query_x[0]))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(adapted[0], adapted[1], atol=1e-12)

@@ -1,7 +1,20 @@
-"""ANIL (Raghu et al., 2020): only the head adapts in the inner loop; the body is shared across tasks."""
+"""ANIL (Raghu et al., 2020): only the head adapts in the inner loop; the body is shared across tasks.
+
+Because the body does not change within a task, its features are computed once per task (support and
+query) and the inner steps run through the head alone. That is the same mathematics as running the whole
+network every step (the outer gradient still reaches the body through the features), at a fraction of
+the cost. The shortcut is taken when the model declares ``features(x)`` and ``head_prefix`` with
+``forward(x) == head(features(x))`` (fewseg's models do) and only head parameters adapt; otherwise ANIL
+runs the whole network each step like MAML.
+"""
 from __future__ import annotations
 
-from fewseg.algorithms.base import MetaAlgorithm
+import torch
+from torch.func import functional_call
+
+from fewseg.algorithms.base import Adapted, MetaAlgorithm, _detach
+from fewseg.algorithms.inner_loop import inner_loop
+from fewseg.data.episode import Episode, check_images, check_masks
 from fewseg.registry import ALGORITHMS
 
 
@@ -12,7 +25,7 @@ class ANIL(MetaAlgorithm):
 
     name = "anil"
 
-    def __init__(self, model, adapt_pattern: str | None = None, **kwargs):
+    def __init__(self, model, adapt_pattern: str | None = None, cache_features: bool = True, **kwargs):
         if adapt_pattern is None:
             prefix = getattr(model, "head_prefix", None)
             if prefix is None:
@@ -20,3 +33,52 @@ class ANIL(MetaAlgorithm):
                 prefix = last + "."
             adapt_pattern = "^" + prefix.replace(".", r"\.")
         super().__init__(model, adapt_pattern=adapt_pattern, **kwargs)
+        prefix = getattr(model, "head_prefix", None)
+        head_names = [n for n, _ in model.named_parameters() if prefix and n.startswith(prefix)]
+        self.head_prefix = prefix
+        self.cache_features = bool(cache_features and prefix and hasattr(model, "features")
+                                   and sorted(head_names) == sorted(self.adapt_names))
+
+    def _head_forward(self):
+        head = self.model.get_submodule(self.head_prefix.rstrip("."))
+
+        def forward(params, feats):  # head parameters without the prefix; feats [N,C,H,W]
+            return functional_call(head, params, (feats,))
+        return forward
+
+    def _head_loop(self, params, x, y, ignore, steps, lr_for, create_graph, keep_graph, functional_grad):
+        n0 = len(self.head_prefix)
+        head = {n[n0:]: params[n] for n in self.adapt_names}
+        return inner_loop(self._head_forward(), head, list(head), x, y, ignore, steps,
+                          lambda k, n: lr_for(k, self.head_prefix + n), self.loss_fn, create_graph=create_graph,
+                          keep_graph=keep_graph, functional_grad=functional_grad, proximal=self.proximal)
+
+    def _task_loss(self, forward, params, ep: Episode, functional_grad: bool) -> torch.Tensor:
+        if not self.cache_features:
+            return super()._task_loss(forward, params, ep, functional_grad)
+        feats_s = self.model.features(ep.support_x)   # [S,C,H,W], once per task
+        feats_q = self.model.features(ep.query_x)     # [Q,C,H,W]
+        trajectory = self._head_loop(params, feats_s, ep.support_y, ep.support_ignore, self.inner_steps,
+                                     self.lr_for, self.use_second_order(), True, functional_grad)
+        return self.loss_fn(self._head_forward()(trajectory[-1], feats_q), ep.query_y, ep.query_ignore)
+
+    def adapt(self, support_x, support_y, steps=None, lr=None, support_ignore=None) -> Adapted:
+        if not self.cache_features:
+            return super().adapt(support_x, support_y, steps, lr, support_ignore)
+        check_images("support_x", support_x, 4)
+        check_masks("support_y", support_y, support_x)
+        if support_ignore is not None:
+            check_masks("support_ignore", support_ignore, support_x, binary=False)
+            support_ignore = support_ignore.bool()
+        steps = self.eval_steps if steps is None else steps
+        lr_for = self.lr_for if lr is None else (lambda step, name: lr)
+        params, forward = self.params_and_forward()
+        with torch.no_grad():
+            feats = self.model.features(support_x)
+            rates = {(k, n): _detach(lr_for(min(k, self.inner_steps - 1) if self.inner_steps else k, n))
+                     for k in range(steps) for n in self.adapt_names}
+        head = self._head_loop(params, feats, support_y.to(support_x.dtype), support_ignore, steps,
+                               lambda k, n: rates[(k, n)], False, False, False)[-1]
+        final = {n: p.detach() for n, p in params.items()}
+        final.update({self.head_prefix + n: p.detach() for n, p in head.items()})
+        return Adapted(forward, final)
