@@ -30,6 +30,9 @@ def cmd_train(args) -> None:
             raise FewsegError("fewseg train needs --config FILE (or --resume DIR)")
         cfg = load_config(args.config, args.overrides)
         trainer = Trainer(cfg, progress=not args.no_progress)
+    from fewseg.engine.session import describe_split
+    for split, ds in (("train", trainer.train_set), ("val", trainer.val_set)):
+        print(describe_split(split, ds.describe()))
     result = trainer.fit()
     print(json.dumps(result))
 

@@ -50,6 +50,15 @@ def run_dir_of(ckpt_dir: Path) -> Path | None:
     return ckpt_dir.parent.parent if ckpt_dir.parent.name == "checkpoints" else None
 
 
+def describe_split(split: str, d: dict, limit: int = 400) -> str:
+    """One line: the split's classes and how they were chosen (fold, minimum foreground, resize)."""
+    keys = ("fold", "n_folds", "min_foreground", "resize")
+    how = ", ".join(f"{k}={d[k]}" for k in keys if k in d)
+    names = ", ".join(str(n) for n in d["classes"].values())
+    names = names if len(names) <= limit else names[:limit] + " ..."
+    return f"{split}: {d['name']} {len(d['classes'])} classes ({how}): {names}"
+
+
 def evaluate_checkpoint(checkpoint, shots=(1, 5), episodes=300, steps=None, seed=0, baselines=None,
                         dataset=None, data_root=None, output=None, device="cpu", log=print) -> dict:
     """Score the checkpoint (and baselines) on test classes; print the table, write JSON; return results."""
@@ -61,6 +70,7 @@ def evaluate_checkpoint(checkpoint, shots=(1, 5), episodes=300, steps=None, seed
     else:  # cross-dataset: every class of a dataset the model never saw
         test_set = build_dataset(DataConfig(name=dataset, root=data_root, image_size=cfg.data.image_size),
                                  "all" if data_root is not None or dataset != cfg.data.name else "test", cfg.seed)
+    log(describe_split("test", test_set.describe()))
     train_set = build_dataset(cfg.data, "train", cfg.seed) if baselines else None
     val_set = build_dataset(cfg.data, "val", cfg.seed) if baselines else None
     t0 = time.perf_counter()
