@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from meta_step import rss_mb  # benchmarks/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (algorithm, extra overrides): the family, each with its documented defaults
@@ -46,14 +48,6 @@ RECIPES = {
     "ccp": ("configs/ccp_maml.yaml", ["data.image_size=64", "model.options.depth=3", "model.options.width=8",
                                       "algorithm.inner_lr=0.2", "data.options.cache=true"]),
 }
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run_one(args) -> dict:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from fewseg.algorithms.base import Adapted, MetaAlgorithm, _detach
+from fewseg.algorithms.base import Adapted, MetaAlgorithm
 from fewseg.algorithms.inner_loop import inner_loop
-from fewseg.data.episode import Episode, check_images, check_masks
+from fewseg.data.episode import Episode
 from fewseg.registry import ALGORITHMS
 
 
@@ -65,19 +65,11 @@ class ANIL(MetaAlgorithm):
     def adapt(self, support_x, support_y, steps=None, lr=None, support_ignore=None) -> Adapted:
         if not self.cache_features:
             return super().adapt(support_x, support_y, steps, lr, support_ignore)
-        check_images("support_x", support_x, 4)
-        check_masks("support_y", support_y, support_x)
-        if support_ignore is not None:
-            check_masks("support_ignore", support_ignore, support_x, binary=False)
-            support_ignore = support_ignore.bool()
-        steps = self.eval_steps if steps is None else steps
-        lr_for = self.lr_for if lr is None else (lambda step, name: lr)
+        support_y, support_ignore, steps, rates = self._adapt_inputs(support_x, support_y, steps, lr, support_ignore)
         params, forward = self.params_and_forward()
         with torch.no_grad():
-            feats = self.model.features(support_x)
-            rates = {(k, n): _detach(lr_for(min(k, self.inner_steps - 1) if self.inner_steps else k, n))
-                     for k in range(steps) for n in self.adapt_names}
-        head = self._head_loop(params, feats, support_y.to(support_x.dtype), support_ignore, steps,
+            feats = self.model.features(support_x)  # [S,C,H,W]
+        head = self._head_loop(params, feats, support_y, support_ignore, steps,
                                lambda k, n: rates[(k, n)], False, False, False)[-1]
         final = {n: p.detach() for n, p in params.items()}
         final.update({self.head_prefix + n: p.detach() for n, p in head.items()})

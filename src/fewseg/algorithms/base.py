@@ -274,6 +274,19 @@ class MetaAlgorithm(nn.Module):
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
               lr: float | None = None, support_ignore: torch.Tensor | None = None) -> Adapted:
         """Adapt to one task (no outer graph): support_x [S,3,H,W], support_y [S,1,H,W] in {0,1}."""
+        support_y, support_ignore, steps, rates = self._adapt_inputs(support_x, support_y, steps, lr, support_ignore)
+        params, forward = self.mean_params_and_forward()
+        with torch.no_grad():
+            fixed = {k: {n: p.detach() for n, p in self.step_params(min(k, self.inner_steps)).items()}
+                     for k in range(steps + 1)}
+        trajectory = inner_loop(forward, params, self.adapt_names, support_x, support_y, support_ignore, steps,
+                                lambda k, n: rates[(k, n)], self.loss_fn, create_graph=False, keep_graph=False,
+                                proximal=self.proximal, step_params=fixed.__getitem__)
+        final = {n: p.detach() for n, p in {**trajectory[-1], **fixed[steps]}.items()}
+        return Adapted(forward, final)
+
+    def _adapt_inputs(self, support_x, support_y, steps, lr, support_ignore):
+        """Checked (support_y, support_ignore), the step count and the fixed rates {(step, name): rate}."""
         check_images("support_x", support_x, 4)
         check_masks("support_y", support_y, support_x)
         if support_ignore is not None:
@@ -281,18 +294,10 @@ class MetaAlgorithm(nn.Module):
             support_ignore = support_ignore.bool()
         steps = self.eval_steps if steps is None else steps
         lr_for = self.lr_for if lr is None else (lambda step, name: lr)
-        params, forward = self.mean_params_and_forward()
         with torch.no_grad():
             rates = {(k, n): _detach(lr_for(min(k, self.inner_steps - 1) if self.inner_steps else k, n))
                      for k in range(steps) for n in self.adapt_names}
-            fixed = {k: {n: p.detach() for n, p in self.step_params(min(k, self.inner_steps)).items()}
-                     for k in range(steps + 1)}
-        trajectory = inner_loop(forward, params, self.adapt_names, support_x, support_y.to(support_x.dtype),
-                                support_ignore, steps, lambda k, n: rates[(k, n)], self.loss_fn,
-                                create_graph=False, keep_graph=False, proximal=self.proximal,
-                                step_params=fixed.__getitem__)
-        final = {n: p.detach() for n, p in {**trajectory[-1], **fixed[steps]}.items()}
-        return Adapted(forward, final)
+        return support_y.to(support_x.dtype), support_ignore, steps, rates
 
     def mean_params_and_forward(self):
         """The deterministic weights used at test time (MR-MAML: the posterior means)."""
