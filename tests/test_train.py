@@ -58,11 +58,16 @@ def test_training_writes_logs_and_checkpoints_with_config_and_versions(tmp_path)
     assert (tmp_path / "checkpoints" / "best" / "weights.safetensors").exists()
 
 
-def test_interrupt_then_resume_reaches_the_same_weights(tmp_path, monkeypatch):
-    straight = Trainer(tiny(tmp_path / "a"), progress=False)
+@pytest.mark.parametrize("algorithm", ["maml", "mr-maml", "maml++"])
+def test_interrupt_then_resume_reaches_the_same_weights(tmp_path, monkeypatch, algorithm):
+    # mr-maml draws noise, maml++ switches order and loss weights by iteration: both must resume exactly
+    extra = [f"algorithm.name={algorithm}"]
+    if algorithm == "maml++":
+        extra += ["algorithm.options.msl_iterations=4", "algorithm.options.first_order_iterations=2"]
+    straight = Trainer(tiny(tmp_path / "a", *extra), progress=False)
     straight.fit()
 
-    interrupted = Trainer(tiny(tmp_path / "b"), progress=False)
+    interrupted = Trainer(tiny(tmp_path / "b", *extra), progress=False)
     calls = {"n": 0}
     original = interrupted.algo.meta_backward
 
