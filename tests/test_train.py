@@ -135,3 +135,11 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
 def test_every_shipped_recipe_loads(path):
     cfg = load_config(path)
     assert cfg.train.iterations > 0 and cfg.data.name
+
+
+def test_bf16_autocast_trains_with_finite_losses(tmp_path):
+    Trainer(tiny(tmp_path, "train.autocast=bf16", "train.iterations=2"), progress=False).fit()
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    with pytest.raises(ConfigError, match="train.autocast"):
+        tiny(tmp_path, "train.autocast=fp8")

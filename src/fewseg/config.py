@@ -66,6 +66,7 @@ class TrainConfig:
     max_loss: float = 100.0          # a meta-loss above this (or NaN) stops training
     data_seed_offset: int = 0
     class_sampling: str = "uniform"  # uniform | images (classes drawn by image count: long-tailed)
+    autocast: str = "none"           # none | bf16 (torch.autocast around the meta-step; parameters stay fp32)
 
 
 @dataclass
@@ -194,6 +195,7 @@ def validate(cfg: Config) -> None:
         ("train.schedule", cfg.train.schedule in ("constant", "cosine")),
         ("train.outer_optimizer", cfg.train.outer_optimizer in ("adam", "sgd")),
         ("train.class_sampling", cfg.train.class_sampling in ("uniform", "images")),
+        ("train.autocast", cfg.train.autocast in ("none", "bf16")),
         ("algorithm.strategy", cfg.algorithm.strategy in ("auto", "loop", "vmap")),
         ("eval.episodes", cfg.eval.episodes >= 1), ("train.val_every", cfg.train.val_every >= 1),
         ("eval.shots", all(isinstance(s, int) and s >= 1 for s in cfg.eval.shots)),

@@ -144,7 +144,8 @@ class Trainer:
                     group["lr"] = lr
                 self.algo.iteration = self.iteration
                 self.optimizer.zero_grad(set_to_none=True)
-                logs = self.algo.meta_backward(batch)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16"):
+                    logs = self.algo.meta_backward(batch)
                 self._check_finite(logs["loss"])
                 grad_norm = self._clip()
                 with delay_keyboard_interrupt():
