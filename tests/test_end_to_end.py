@@ -72,3 +72,19 @@ def test_evaluate_with_more_shots_than_images_fails_clearly(trained_run, capsys)
     assert main(["evaluate", "--checkpoint", str(trained_run), "--shots", "400", "--episodes", "2"]) == 2
     err = capsys.readouterr().err
     assert "fewer than shots+queries=405" in err and err.count("\n") == 1
+
+
+def test_cross_dataset_evaluation_on_a_class_folder_root(trained_run, tmp_path, capsys):
+    from test_sources import make_class
+    root = tmp_path / "unseen"
+    for name in ("kettle", "lamp"):
+        make_class(root, name, n=7, size=(20, 28))
+    out_json = tmp_path / "cross.json"
+    assert main(["evaluate", "--checkpoint", str(trained_run), "--dataset", "folder", "--data-root", str(root),
+                 "--shots", "1", "--episodes", "2", "--baselines", "zero-shot", "random-init",
+                 "--output", str(out_json)]) == 0
+    record = json.loads(out_json.read_text())
+    assert set(record["dataset"]["classes"].values()) == {"kettle", "lamp"}
+    assert record["scored_at"] == "original label resolution"
+    assert set(record["results"]["1"]) == {"maml", "zero-shot", "random-init"}
+    assert "test: folder 2 classes" in capsys.readouterr().out
