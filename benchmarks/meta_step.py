@@ -8,7 +8,7 @@ same run. Strategies:
     plain     forward/backward over the same image passes, no meta-gradient (the reference)
     loop      fewseg, tasks one at a time, backward per task (one task's graph alive at a time)
     graph     fewseg, every task's graph kept until one backward (what the peers' examples do)
-    vmap      fewseg, torch.func.vmap over the tasks (one batched graph)
+    vmap      fewseg, torch.func.vmap over the tasks (one batched graph); vmap-chunkN: N tasks per graph
     loop-fo   fewseg first-order MAML;  anil: fewseg ANIL (head-only inner loop), second order
     higher    higher 0.2.1 (innerloop_ctx, per-task backward as in its MAML example)   } when importable;
     torchopt  torchopt (MetaSGD + extract/recover_state_dict, one backward)            } gradients checked
@@ -78,9 +78,10 @@ def run_one(args) -> dict:
         first_order = args.strategy.endswith("-fo")
         strategy = args.strategy.removesuffix("-fo")
         name = "anil" if strategy == "anil" else "maml"
-        strategy = {"anil": "loop", "graph": "loop"}.get(strategy, strategy)
+        chunk = int(strategy.removeprefix("vmap-chunk")) if strategy.startswith("vmap-chunk") else 0
+        strategy = {"anil": "loop", "graph": "loop"}.get(strategy, "vmap" if chunk else strategy)
         algo = fewseg.create_algorithm(name, model, inner_steps=args.steps, inner_lr=0.01,
-                                       first_order=first_order, strategy=strategy)
+                                       first_order=first_order, strategy=strategy, task_chunk=chunk)
 
         def step():
             opt.zero_grad()
