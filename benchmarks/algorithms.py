@@ -68,8 +68,11 @@ def run_one(args) -> dict:
     cfg = load_config(ROOT / recipe, overrides)
     trainer = Trainer(cfg, progress=False)
 
-    # peak step memory: three meta-steps on one batch, before any dataset cache grows
-    batch = trainer.sampler.meta_batch(cfg.train.meta_batch)
+    # peak step memory: three meta-steps on one batch, before any dataset cache grows; the batch comes from
+    # a sampler of its own, so training then sees exactly the episodes `fewseg train` would
+    from fewseg.data.sampler import EpisodeSampler
+    batch = EpisodeSampler(trainer.train_set, cfg.train.shots, cfg.train.queries, seed=12345).meta_batch(
+        cfg.train.meta_batch)
     state = {k: v.clone() for k, v in trainer.algo.state_dict().items()}
     trainer.algo.iteration = args.iterations // 6  # maml++: past its first-order phase (the costlier one)
     before = rss_mb()
