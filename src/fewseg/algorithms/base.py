@@ -27,6 +27,11 @@ STRATEGIES = ("auto", "loop", "vmap")
 WEIGHTINGS = ("uniform", "hard", "class-frequency")
 
 
+def param_key(name: str) -> str:
+    """A parameter name usable as a ParameterDict key ("down.0.weight" -> "down__0__weight")."""
+    return name.replace(".", "__")
+
+
 def default_strategy(device: torch.device) -> str:
     """Per-device default chosen by benchmarks/meta_step.py: a per-task loop on CPU, vmap on CUDA."""
     return "vmap" if device.type == "cuda" else "loop"

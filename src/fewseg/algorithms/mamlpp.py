@@ -16,15 +16,12 @@ import torch
 from torch import nn
 
 from fewseg.algorithms.base import MetaAlgorithm
+from fewseg.algorithms.base import param_key as _key
 from fewseg.algorithms.inner_loop import Params
 from fewseg.data.episode import Episode
 from fewseg.registry import ALGORITHMS
 
 NORM_TYPES = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.InstanceNorm2d)
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
 
 
 def step_loss_weights(steps: int, iteration: int, anneal_iterations: int) -> list[float]:

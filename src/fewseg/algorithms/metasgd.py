@@ -5,11 +5,8 @@ import torch
 from torch import nn
 
 from fewseg.algorithms.base import MetaAlgorithm
+from fewseg.algorithms.base import param_key as rate_key
 from fewseg.registry import ALGORITHMS
-
-
-def rate_key(name: str) -> str:
-    return name.replace(".", "__")
 
 
 @ALGORITHMS.register("meta-sgd")

@@ -19,13 +19,9 @@ import torch
 from torch import nn
 
 from fewseg.algorithms.base import MetaAlgorithm
-from fewseg.algorithms.inner_loop import make_forward
+from fewseg.algorithms.base import param_key as _key
 from fewseg.data.episode import MetaBatch
 from fewseg.registry import ALGORITHMS
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
 
 
 def first_block_pattern(names: list[str]) -> str:
@@ -73,15 +69,15 @@ class MRMAML(MetaAlgorithm):
         """Posterior samples of the stochastic block while training; the means otherwise."""
         if not self.training:
             return self.mean_params_and_forward()
-        params = dict(self.model.named_parameters())
+        params, forward = self.mean_params_and_forward()
         g = self._noise_generator()
         for n in self.stochastic_names:
             eps = torch.randn(params[n].shape, generator=g).to(params[n])
             params[n] = params[n] + self.log_sigma[_key(n)].exp() * eps
-        return params, make_forward(self.model, dict(self.model.named_buffers()))
+        return params, forward
 
     def mean_params_and_forward(self):
-        return dict(self.model.named_parameters()), make_forward(self.model, dict(self.model.named_buffers()))
+        return super().params_and_forward()
 
     def kl(self) -> torch.Tensor:
         """KL(N(mu, sigma^2) || N(0, 1)) summed over the stochastic weights."""
@@ -109,5 +105,3 @@ class MRMAML(MetaAlgorithm):
             sigmas = torch.cat([self.log_sigma[_key(n)].exp().flatten() for n in self.stochastic_names])
         state["mean_sigma"] = float(sigmas.mean())
         return state
-
-

@@ -137,7 +137,7 @@ def adapt_folder(checkpoint, support, images, output, steps=None, device="cpu", 
     from fewseg.errors import DataError
 
     cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
-    prep = load_checkpoint(ckpt_dir).meta.get("preprocessing") or {}
+    prep = json.loads((ckpt_dir / "meta.json").read_text()).get("preprocessing") or {}  # no second weight read
     size = int(prep.get("image_size", cfg.data.image_size))
     mode = prep.get("resize") or cfg.data.options.get("resize", "stretch")
     infer_mode = "pad" if mode == "crop" else mode  # a centre crop would leave the borders unsegmented
