@@ -9,6 +9,7 @@ same run. Strategies:
     loop      fewseg, tasks one at a time, backward per task (one task's graph alive at a time)
     graph     fewseg, every task's graph kept until one backward (what the peers' examples do)
     vmap      fewseg, torch.func.vmap over the tasks (one batched graph); vmap-chunkN: N tasks per graph
+    loop-ckpt fewseg, tasks one at a time with inner-loop checkpointing (one inner step's graph alive)
     loop-fo   fewseg first-order MAML;  anil: fewseg ANIL (head-only inner loop), second order
     higher    higher 0.2.1 (innerloop_ctx, per-task backward as in its MAML example)   } when importable;
     torchopt  torchopt (MetaSGD + extract/recover_state_dict, one backward)            } gradients checked
@@ -76,12 +77,14 @@ def run_one(args) -> dict:
             opt.step()
     else:
         first_order = args.strategy.endswith("-fo")
-        strategy = args.strategy.removesuffix("-fo")
+        checkpoint = args.strategy == "loop-ckpt"
+        strategy = "loop" if checkpoint else args.strategy.removesuffix("-fo")
         name = "anil" if strategy == "anil" else "maml"
         chunk = int(strategy.removeprefix("vmap-chunk")) if strategy.startswith("vmap-chunk") else 0
         strategy = {"anil": "loop", "graph": "loop"}.get(strategy, "vmap" if chunk else strategy)
         algo = fewseg.create_algorithm(name, model, inner_steps=args.steps, inner_lr=0.01,
-                                       first_order=first_order, strategy=strategy, task_chunk=chunk)
+                                       first_order=first_order, strategy=strategy, task_chunk=chunk,
+                                       inner_checkpoint=checkpoint)
 
         def step():
             opt.zero_grad()
@@ -193,7 +196,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["seed-cnn", "unet"])
     p.add_argument("--strategies", nargs="+",
-                   default=["plain", "loop", "graph", "vmap", "loop-fo", "anil", "higher", "torchopt"])
+                   default=["plain", "loop", "loop-ckpt", "graph", "vmap", "loop-fo", "anil", "higher",
+                            "torchopt"])
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--tasks", type=int, nargs="+", default=[4])
     p.add_argument("--shots", type=int, default=5)

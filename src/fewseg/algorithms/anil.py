@@ -24,6 +24,7 @@ class ANIL(MetaAlgorithm):
     (default: the model's ``head_prefix``, e.g. ``"4."`` for seed-cnn, ``"head."`` for unet)."""
 
     name = "anil"
+    supports_inner_checkpoint = False  # its head-only graph is already small
 
     def __init__(self, model, adapt_pattern: str | None = None, cache_features: bool = True, **kwargs):
         if adapt_pattern is None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from fewseg.algorithms.inner_loop import Params, inner_loop, make_forward
+from fewseg.algorithms.inner_loop import Params, inner_loop, inner_step, make_forward
 from fewseg.data.episode import Episode, MetaBatch, check_images, check_masks
 from fewseg.losses import get_loss
 
@@ -87,15 +87,20 @@ class MetaAlgorithm(nn.Module):
     "uniform" (mean), "hard" (softmax of the losses / ``weight_temperature``: hard tasks count more) or
     "class-frequency" (weights proportional to n_c ** -``frequency_power``, n_c = training images of the
     task's class; for long-tailed class sampling). Weights are constants unless ``weight_grad=True``.
+    inner_checkpoint: in ``meta_backward``, keep only each inner step's adapted weights and rebuild one step's
+    graph at a time during the backward (tasks one at a time): the same meta-gradient, with memory that no
+    longer grows with ``inner_steps``, for one extra forward/backward per inner step (see
+    ``_task_grads_recomputed``).
     """
 
     name = "maml"
+    supports_inner_checkpoint = True
 
     def __init__(self, model: nn.Module, inner_steps: int = 5, inner_lr: float = 0.01, first_order: bool = False,
                  loss: str = "bce", strategy: str = "auto", task_chunk: int = 0, adapt_pattern: str | None = None,
                  proximal: float = 0.0, eval_steps: int | None = None, batchnorm: str = "error",
                  task_weighting: str = "uniform", weight_temperature: float = 1.0, weight_grad: bool = False,
-                 frequency_power: float = 1.0):
+                 frequency_power: float = 1.0, inner_checkpoint: bool = False):
         super().__init__()
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
@@ -107,12 +112,18 @@ class MetaAlgorithm(nn.Module):
             raise ValueError(f"task_weighting must be one of {WEIGHTINGS}, got {task_weighting!r}")
         if weight_temperature <= 0:
             raise ValueError(f"weight_temperature must be > 0, got {weight_temperature}")
+        if inner_checkpoint and not self.supports_inner_checkpoint:
+            raise ValueError(f"inner_checkpoint is not available for {self.name} (its meta-step keeps no "
+                             f"inner-loop graph to checkpoint)")
+        if inner_checkpoint and strategy == "vmap":
+            raise ValueError("inner_checkpoint processes tasks one at a time: use strategy 'loop' or 'auto'")
         check_norm_layers(model, batchnorm)
         self.model = model
         self.inner_steps, self.inner_lr, self.first_order = inner_steps, float(inner_lr), first_order
         self.loss_name, self.loss_fn = loss, get_loss(loss)
         self.strategy, self.task_chunk, self.proximal = strategy, task_chunk, float(proximal)
         self.eval_steps = inner_steps if eval_steps is None else eval_steps
+        self.inner_checkpoint = bool(inner_checkpoint)
         names = [n for n, _ in model.named_parameters()]
         if adapt_pattern:
             self.adapt_names = [n for n in names if re.search(adapt_pattern, n)]
@@ -239,7 +250,7 @@ class MetaAlgorithm(nn.Module):
                 logs["regulariser"] = float(reg.detach())
                 logs["loss"] += logs["regulariser"]
             return logs
-        chunk = self._resolve_chunk(batch)
+        chunk = 1 if self.inner_checkpoint else self._resolve_chunk(batch)
         T = batch.num_tasks
         static = None if self.task_weighting == "hard" else self.task_weights(
             torch.zeros(T, dtype=batch.support_x.dtype, device=batch.support_x.device), batch.class_ids)
@@ -247,6 +258,17 @@ class MetaAlgorithm(nn.Module):
         per_task: list[list[torch.Tensor | None]] = []
         values = []
         for s in range(0, T, chunk):
+            if self.inner_checkpoint:
+                loss, grads = self._task_grads_recomputed(batch.task(s), params)
+                if static is not None:
+                    grads = [None if g is None else static[s] * g for g in grads]
+                    for p, g in zip(params, grads):
+                        if g is not None:
+                            p.grad = g if p.grad is None else p.grad + g
+                else:
+                    per_task.append(grads)
+                values.append(loss.reshape(1))
+                continue
             losses = self.task_losses(batch, s, min(s + chunk, T))
             if static is not None:
                 (losses * static[s:s + losses.shape[0]]).sum().backward()
@@ -270,6 +292,64 @@ class MetaAlgorithm(nn.Module):
             logs["regulariser"] = float(reg.detach())
             logs["loss"] += logs["regulariser"]
         return logs
+
+    def _task_grads_recomputed(self, ep: Episode, meta_params: list[torch.Tensor]
+                               ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """One task's outer loss and its gradient w.r.t. ``meta_params``, by inner-loop checkpointing.
+
+        Forward: the K inner steps with no graph, keeping only the adapted weights phi_0..phi_K. Backward: the
+        outer loss's gradient w.r.t. every phi_k and the meta-parameters; then for k = K-1..0 step k's graph is
+        rebuilt from phi_k alone and the cotangent pulled through it:
+        v_k = v_{k+1} (d phi_{k+1} / d phi_k) + dL/d phi_k, meta-parameter terms (shared weights, learned
+        rates, per-step norms, the proximal anchor) accumulated on the way. v_0 is the gradient w.r.t. theta's
+        adapted weights. The same numbers as backpropagating through the unrolled loop, one step's graph alive.
+        """
+        params, forward = self.params_and_forward()
+        names = self.adapt_names
+        x, y, ign = ep.support_x, ep.support_y, ep.support_ignore
+        second = self.use_second_order()
+
+        def step(k: int, phi: Params, create_graph: bool) -> Params:
+            return inner_step(forward, {**params, **phi}, names, x, y, ign, k, self.lr_for, self.loss_fn,
+                              create_graph, proximal=self.proximal, anchor=params, step_params=self.step_params)
+
+        leaves = [{n: params[n].detach().requires_grad_(True) for n in names}]
+        for k in range(self.inner_steps):  # forward: no graph kept, only phi_k
+            new = step(k, leaves[-1], create_graph=False)
+            leaves.append({n: new[n].detach().requires_grad_(True) for n in names})
+        with torch.enable_grad():
+            loss = self.query_loss(forward, [{**params, **phi} for phi in leaves], ep)
+            flat = [t for phi in leaves for t in phi.values()]
+            grads = torch.autograd.grad(loss, flat + meta_params, allow_unused=True, retain_graph=True)
+        loss = loss.detach()
+        n_adapt = len(names)
+        direct = [dict(zip(names, grads[i * n_adapt:(i + 1) * n_adapt])) for i in range(len(leaves))]
+        total = list(grads[len(flat):])
+
+        def add(into: list, extra) -> None:
+            for i, g in enumerate(extra):
+                if g is not None:
+                    into[i] = g if into[i] is None else into[i] + g
+
+        def zero_if_none(g, like):
+            return torch.zeros_like(like) if g is None else g
+
+        v = {n: zero_if_none(direct[-1][n], leaves[-1][n]) for n in names}
+        for k in range(self.inner_steps - 1, -1, -1):  # backward: rebuild step k, pull v through it
+            with torch.enable_grad():
+                new = step(k, leaves[k], create_graph=second)
+                pulled = torch.autograd.grad([new[n] for n in names], list(leaves[k].values()) + meta_params,
+                                             grad_outputs=[v[n] for n in names], allow_unused=True,
+                                             retain_graph=True)
+            del new
+            v = {n: zero_if_none(pulled[i], leaves[k][n]) + zero_if_none(direct[k][n], leaves[k][n])
+                 for i, n in enumerate(names)}
+            add(total, pulled[n_adapt:])
+        with torch.enable_grad():  # phi_0 = theta's adapted weights (possibly a function of the meta-parameters)
+            into_theta = torch.autograd.grad([params[n] for n in names], meta_params,
+                                             grad_outputs=[v[n] for n in names], allow_unused=True)
+        add(total, into_theta)
+        return loss, total
 
     @staticmethod
     def _logs(losses: torch.Tensor, weights: torch.Tensor) -> dict:

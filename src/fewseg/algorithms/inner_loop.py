@@ -28,6 +28,37 @@ def make_forward(model: torch.nn.Module, buffers: Mapping[str, torch.Tensor]) ->
     return forward
 
 
+def inner_step(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: Params, adapt_names: list[str],
+               x: torch.Tensor, y: torch.Tensor, ignore: torch.Tensor | None, step: int, lr_for: LearningRates,
+               loss_fn: LossFn, create_graph: bool, functional_grad: bool = False, proximal: float = 0.0,
+               anchor: Params | None = None, step_params: Callable[[int], Params] | None = None) -> Params:
+    """One SGD step on the support loss at inner step ``step``: params -> new params (only ``adapt_names`` move).
+
+    anchor: theta of the proximal term lambda/2 * ||phi - anchor||^2 (required when ``proximal`` > 0).
+    Without ``create_graph`` the gradient is detached (first order: d new / d params = I).
+    """
+    def support_loss(adapted: Params, shared: Params) -> torch.Tensor:
+        extra = step_params(step) if step_params is not None else {}
+        loss = loss_fn(forward({**shared, **adapted, **extra}, x), y, ignore)
+        if proximal:
+            loss = loss + 0.5 * proximal * sum(((adapted[n] - anchor[n]) ** 2).sum() for n in adapted)
+        return loss
+
+    adapted = {n: params[n] for n in adapt_names}
+    with torch.enable_grad():
+        if functional_grad:
+            grads = torch.func.grad(support_loss)(adapted, params)
+        else:
+            loss = support_loss(adapted, params)
+            values = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
+            grads = dict(zip(adapted, values))
+        new = dict(params)
+        for n in adapt_names:
+            g = grads[n] if create_graph else grads[n].detach()
+            new[n] = params[n] - lr_for(step, n) * g
+    return new
+
+
 def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: Params, adapt_names: list[str],
                x: torch.Tensor, y: torch.Tensor, ignore: torch.Tensor | None, steps: int,
                lr_for: LearningRates, loss_fn: LossFn, create_graph: bool, keep_graph: bool = True,
@@ -46,29 +77,11 @@ def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: 
     if not keep_graph:
         params = {n: (p.detach().requires_grad_(True) if n in anchor else p.detach()) for n, p in params.items()}
     trajectory = [params]
-
-    def support_loss(adapted: Params, shared: Params, step: int) -> torch.Tensor:
-        extra = step_params(step) if step_params is not None else {}
-        loss = loss_fn(forward({**shared, **adapted, **extra}, x), y, ignore)
-        if proximal:
-            loss = loss + 0.5 * proximal * sum(((adapted[n] - anchor[n]) ** 2).sum() for n in adapted)
-        return loss
-
-    with torch.enable_grad():  # the inner loop needs gradients even when called under no_grad
-        for step in range(steps):
-            adapted = {n: params[n] for n in adapt_names}
-            if functional_grad:
-                grads = torch.func.grad(support_loss)(adapted, params, step)
-            else:
-                loss = support_loss(adapted, params, step)
-                values = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
-                grads = dict(zip(adapted, values))
-            new = dict(params)
-            for n in adapt_names:
-                g = grads[n] if create_graph else grads[n].detach()
-                new[n] = params[n] - lr_for(step, n) * g
-                if not keep_graph:
-                    new[n] = new[n].detach().requires_grad_(True)
-            params = new
-            trajectory.append(params)
+    for step in range(steps):
+        params = inner_step(forward, params, adapt_names, x, y, ignore, step, lr_for, loss_fn, create_graph,
+                            functional_grad=functional_grad, proximal=proximal, anchor=anchor,
+                            step_params=step_params)
+        if not keep_graph:
+            params = {n: (p.detach().requires_grad_(True) if n in anchor else p) for n, p in params.items()}
+        trajectory.append(params)
     return trajectory

@@ -19,6 +19,7 @@ class Reptile(MetaAlgorithm):
     """Reptile with an SGD (default) or Adam inner optimiser (``inner_optimizer``)."""
 
     name = "reptile"
+    supports_inner_checkpoint = False  # first order: no inner-loop graph
 
     def __init__(self, model, inner_optimizer: str = "sgd", **kwargs):
         kwargs["first_order"] = True
