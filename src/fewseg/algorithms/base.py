@@ -299,7 +299,7 @@ class MetaAlgorithm(nn.Module):
 
         Forward: the K inner steps with no graph, keeping only the adapted weights phi_0..phi_K. Backward: the
         outer loss's gradient w.r.t. every phi_k and the meta-parameters; then for k = K-1..0 step k's graph is
-        rebuilt from phi_k alone and the cotangent pulled through it:
+        rebuilt from phi_k alone (the last step's is kept from the forward) and the cotangent pulled through it:
         v_k = v_{k+1} (d phi_{k+1} / d phi_k) + dL/d phi_k, meta-parameter terms (shared weights, learned
         rates, per-step norms, the proximal anchor) accumulated on the way. v_0 is the gradient w.r.t. theta's
         adapted weights. The same numbers as backpropagating through the unrolled loop, one step's graph alive.
@@ -314,8 +314,11 @@ class MetaAlgorithm(nn.Module):
                               create_graph, proximal=self.proximal, anchor=params, step_params=self.step_params)
 
         leaves = [{n: params[n].detach().requires_grad_(True) for n in names}]
+        kept = None  # the last step's graph is built in the forward already and kept for the backward
         for k in range(self.inner_steps):  # forward: no graph kept, only phi_k
-            new = step(k, leaves[-1], create_graph=False)
+            last = k == self.inner_steps - 1
+            new = step(k, leaves[-1], create_graph=second and last)
+            kept = new if last else None
             leaves.append({n: new[n].detach().requires_grad_(True) for n in names})
         with torch.enable_grad():
             loss = self.query_loss(forward, [{**params, **phi} for phi in leaves], ep)
@@ -337,7 +340,8 @@ class MetaAlgorithm(nn.Module):
         v = {n: zero_if_none(direct[-1][n], leaves[-1][n]) for n in names}
         for k in range(self.inner_steps - 1, -1, -1):  # backward: rebuild step k, pull v through it
             with torch.enable_grad():
-                new = step(k, leaves[k], create_graph=second)
+                new = kept if k == self.inner_steps - 1 else step(k, leaves[k], create_graph=second)
+                kept = None
                 pulled = torch.autograd.grad([new[n] for n in names], list(leaves[k].values()) + meta_params,
                                              grad_outputs=[v[n] for n in names], allow_unused=True,
                                              retain_graph=True)
