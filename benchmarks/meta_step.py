@@ -163,7 +163,9 @@ def gradient_agreement(model, batch, steps, peer_step) -> float:
     fewseg.create_algorithm("maml", model, inner_steps=steps, inner_lr=0.01, strategy="loop").meta_backward(batch)
     ours = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(theirs, ours))
+    # relative to the largest gradient entry: conv biases before a GroupNorm have ~0 gradients (pure round-off)
+    theirs, ours = torch.cat([t.flatten() for t in theirs]), torch.cat([t.flatten() for t in ours])
+    return float((theirs - ours).abs().max() / ours.abs().max().clamp_min(1e-12))
 
 
 def importable(strategy: str) -> bool:
