@@ -143,3 +143,14 @@ def test_bf16_autocast_trains_with_finite_losses(tmp_path):
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
     with pytest.raises(ConfigError, match="train.autocast"):
         tiny(tmp_path, "train.autocast=fp8")
+
+
+def test_training_with_inner_checkpoint_reaches_the_same_weights(tmp_path):
+    """algorithm.options.inner_checkpoint=true from the config: the same training run, step for step."""
+    plain = Trainer(tiny(tmp_path / "a"), progress=False)
+    plain.fit()
+    checkpointed = Trainer(tiny(tmp_path / "b", "algorithm.options.inner_checkpoint=true"), progress=False)
+    assert checkpointed.algo.inner_checkpoint
+    checkpointed.fit()
+    for (name, a), b in zip(plain.algo.state_dict().items(), checkpointed.algo.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
