@@ -258,15 +258,9 @@ class MetaAlgorithm(nn.Module):
         per_task: list[list[torch.Tensor | None]] = []
         values = []
         for s in range(0, T, chunk):
-            if self.inner_checkpoint:
+            if self.inner_checkpoint:  # per-task gradients, weighted below like the "hard" ones
                 loss, grads = self._task_grads_recomputed(batch.task(s), params)
-                if static is not None:
-                    grads = [None if g is None else static[s] * g for g in grads]
-                    for p, g in zip(params, grads):
-                        if g is not None:
-                            p.grad = g if p.grad is None else p.grad + g
-                else:
-                    per_task.append(grads)
+                per_task.append(grads)
                 values.append(loss.reshape(1))
                 continue
             losses = self.task_losses(batch, s, min(s + chunk, T))
