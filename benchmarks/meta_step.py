@@ -9,7 +9,8 @@ same run. Strategies:
     loop      fewseg, tasks one at a time, backward per task (one task's graph alive at a time)
     graph     fewseg, every task's graph kept until one backward (what the peers' examples do)
     vmap      fewseg, torch.func.vmap over the tasks (one batched graph); vmap-chunkN: N tasks per graph
-    loop-ckpt fewseg, tasks one at a time with inner-loop checkpointing (one inner step's graph alive)
+    loop-ckpt fewseg, tasks one at a time with inner-loop checkpointing (one inner step's graph alive);
+              loop-ckptN: each step rebuilt N support images at a time (one N-image piece's graph alive)
     loop-fo   fewseg first-order MAML;  anil: fewseg ANIL (head-only inner loop), second order
     higher    higher 0.2.1 (innerloop_ctx, per-task backward as in its MAML example)   } when importable;
     torchopt  torchopt (MetaSGD + extract/recover_state_dict, one backward)            } gradients checked
@@ -77,14 +78,15 @@ def run_one(args) -> dict:
             opt.step()
     else:
         first_order = args.strategy.endswith("-fo")
-        checkpoint = args.strategy == "loop-ckpt"
+        checkpoint = args.strategy.startswith("loop-ckpt")
+        images = int(args.strategy.removeprefix("loop-ckpt") or 0) if checkpoint else 0
         strategy = "loop" if checkpoint else args.strategy.removesuffix("-fo")
         name = "anil" if strategy == "anil" else "maml"
         chunk = int(strategy.removeprefix("vmap-chunk")) if strategy.startswith("vmap-chunk") else 0
         strategy = {"anil": "loop", "graph": "loop"}.get(strategy, "vmap" if chunk else strategy)
         algo = fewseg.create_algorithm(name, model, inner_steps=args.steps, inner_lr=0.01,
                                        first_order=first_order, strategy=strategy, task_chunk=chunk,
-                                       inner_checkpoint=checkpoint)
+                                       inner_checkpoint=checkpoint, checkpoint_images=images)
 
         def step():
             opt.zero_grad()

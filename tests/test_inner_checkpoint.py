@@ -9,12 +9,13 @@ import fewseg
 
 @pytest.mark.parametrize("model_name,kwargs", [("seed-cnn", {}), ("unet", {"depth": 3, "width": 8})])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_checkpointed_meta_gradient_matches_the_unrolled_reference(model_name, kwargs, first_order):
+@pytest.mark.parametrize("images", [0, 1, 2])  # whole support set, one image, pieces of 2 and 1 of S=3
+def test_checkpointed_meta_gradient_matches_the_unrolled_reference(model_name, kwargs, first_order, images):
     torch.manual_seed(0)
     model = fewseg.create_model(model_name, **kwargs).double()
-    batch = random_batch(T=3, S=2, Q=2, size=16, dtype=torch.float64, ignore=True)
+    batch = random_batch(T=3, S=3, Q=2, size=16, dtype=torch.float64, ignore=True)
     algo = fewseg.create_algorithm("maml", model, inner_steps=3, inner_lr=0.3, first_order=first_order,
-                                   inner_checkpoint=True)
+                                   inner_checkpoint=True, checkpoint_images=images)
     ref_loss, ref_grads = unrolled_meta_grad(model, batch, steps=3, lr=0.3, first_order=first_order)
     logs = algo.meta_backward(batch)
     assert logs["loss"] == pytest.approx(float(ref_loss), rel=1e-10)
@@ -31,15 +32,17 @@ VARIANTS = [
 ]
 
 
+@pytest.mark.parametrize("images", [0, 1])
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in VARIANTS])
-def test_checkpointed_meta_gradient_equals_the_per_task_loop_for_every_variant(name, kwargs):
+def test_checkpointed_meta_gradient_equals_the_per_task_loop_for_every_variant(name, kwargs, images):
     batch = random_batch(T=3, S=2, Q=2, size=16, dtype=torch.float64, ignore=True)
     results = []
     for checkpoint in (False, True):
         torch.manual_seed(0)
         model = fewseg.create_model("unet", depth=2, width=6).double()
         algo = fewseg.create_algorithm(name, model, inner_steps=3, inner_lr=0.2, strategy="loop",
-                                       inner_checkpoint=checkpoint, **kwargs).double()
+                                       inner_checkpoint=checkpoint, checkpoint_images=images if checkpoint else 0,
+                                       **kwargs).double()
         with torch.no_grad():  # learned rates away from their common init, so a wrong step index shows
             for p in algo.parameters():
                 if p is not None and not any(p is q for q in model.parameters()):
@@ -51,6 +54,23 @@ def test_checkpointed_meta_gradient_equals_the_per_task_loop_for_every_variant(n
     assert got_loss == pytest.approx(loss, rel=1e-10)
     assert [g is None for g in got] == [g is None for g in want]
     assert_close_rel([g for g in got if g is not None], [g for g in want if g is not None], rtol=1e-9)
+
+
+@pytest.mark.parametrize("loss", ["balanced-bce", "dice", "focal", "bce+dice"])
+def test_image_pieces_give_the_same_meta_gradient_for_every_loss(loss):
+    """Each built-in loss sums per-image terms, so rebuilding a step image by image changes nothing."""
+    batch = random_batch(T=2, S=3, Q=2, size=16, dtype=torch.float64, ignore=True)
+    results = []
+    for checkpoint, images in ((False, 0), (True, 1)):
+        torch.manual_seed(0)
+        model = fewseg.create_model("unet", depth=2, width=6).double()
+        algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.3, loss=loss, strategy="loop",
+                                       inner_checkpoint=checkpoint, checkpoint_images=images)
+        logs = algo.meta_backward(batch)
+        results.append((logs["loss"], grads_of(model)))
+    (loss_value, want), (got_loss, got) = results
+    assert got_loss == pytest.approx(loss_value, rel=1e-10)
+    assert_close_rel(got, want, rtol=1e-9)
 
 
 def test_checkpointed_training_step_frees_each_inner_graph():
@@ -70,3 +90,9 @@ def test_checkpointed_training_step_frees_each_inner_graph():
 def test_inner_checkpoint_refuses_what_it_cannot_checkpoint(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
         fewseg.create_algorithm(name, fewseg.create_model("seed-cnn"), inner_checkpoint=True, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"checkpoint_images": 2}, {"checkpoint_images": -1, "inner_checkpoint": True}])
+def test_checkpoint_images_needs_inner_checkpoint_and_a_count(kwargs):
+    with pytest.raises(ValueError, match="checkpoint_images must be >= 0 and needs inner_checkpoint=True"):
+        fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn"), **kwargs)

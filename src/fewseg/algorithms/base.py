@@ -90,7 +90,9 @@ class MetaAlgorithm(nn.Module):
     inner_checkpoint: in ``meta_backward``, keep only each inner step's adapted weights and rebuild one step's
     graph at a time during the backward (tasks one at a time): the same meta-gradient, with memory that no
     longer grows with ``inner_steps``, for one extra forward/backward per inner step (see
-    ``_task_grads_recomputed``).
+    ``_task_grads_recomputed``). checkpoint_images: with ``inner_checkpoint``, rebuild each inner step in pieces
+    of this many support images (0: the whole support set at once): peak memory is one piece's second-order
+    graph, for losses that sum per-image terms (every built-in loss does).
     """
 
     name = "maml"
@@ -100,7 +102,7 @@ class MetaAlgorithm(nn.Module):
                  loss: str = "bce", strategy: str = "auto", task_chunk: int = 0, adapt_pattern: str | None = None,
                  proximal: float = 0.0, eval_steps: int | None = None, batchnorm: str = "error",
                  task_weighting: str = "uniform", weight_temperature: float = 1.0, weight_grad: bool = False,
-                 frequency_power: float = 1.0, inner_checkpoint: bool = False):
+                 frequency_power: float = 1.0, inner_checkpoint: bool = False, checkpoint_images: int = 0):
         super().__init__()
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
@@ -117,13 +119,16 @@ class MetaAlgorithm(nn.Module):
                              f"inner-loop graph to checkpoint)")
         if inner_checkpoint and strategy == "vmap":
             raise ValueError("inner_checkpoint processes tasks one at a time: use strategy 'loop' or 'auto'")
+        if checkpoint_images < 0 or (checkpoint_images and not inner_checkpoint):
+            raise ValueError(f"checkpoint_images must be >= 0 and needs inner_checkpoint=True, got "
+                             f"checkpoint_images={checkpoint_images}, inner_checkpoint={inner_checkpoint}")
         check_norm_layers(model, batchnorm)
         self.model = model
         self.inner_steps, self.inner_lr, self.first_order = inner_steps, float(inner_lr), first_order
         self.loss_name, self.loss_fn = loss, get_loss(loss)
         self.strategy, self.task_chunk, self.proximal = strategy, task_chunk, float(proximal)
         self.eval_steps = inner_steps if eval_steps is None else eval_steps
-        self.inner_checkpoint = bool(inner_checkpoint)
+        self.inner_checkpoint, self.checkpoint_images = bool(inner_checkpoint), int(checkpoint_images)
         names = [n for n, _ in model.named_parameters()]
         if adapt_pattern:
             self.adapt_names = [n for n in names if re.search(adapt_pattern, n)]
@@ -297,22 +302,46 @@ class MetaAlgorithm(nn.Module):
         v_k = v_{k+1} (d phi_{k+1} / d phi_k) + dL/d phi_k, meta-parameter terms (shared weights, learned
         rates, per-step norms, the proximal anchor) accumulated on the way. v_0 is the gradient w.r.t. theta's
         adapted weights. The same numbers as backpropagating through the unrolled loop, one step's graph alive.
+
+        With ``checkpoint_images`` = m < S a step is rebuilt in pieces of m support images: piece j's support
+        loss is the whole set's loss with the other images' logits fixed (recorded in the forward), so
+        d phi_{k+1} / d phi_k = I - alpha * sum_j H_j when the loss sums per-image terms; only one piece's
+        second-order graph is alive at a time.
         """
         params, forward = self.params_and_forward()
         names = self.adapt_names
         x, y, ign = ep.support_x, ep.support_y, ep.support_ignore
         second = self.use_second_order()
+        S = x.shape[0]
+        size = self.checkpoint_images if 0 < self.checkpoint_images < S else S
+        pieces = [(lo, min(lo + size, S)) for lo in range(0, S, size)]
+        support_logits: list[torch.Tensor] = []  # [S,1,H,W] at phi_k, detached (pieces only)
 
-        def step(k: int, phi: Params, create_graph: bool) -> Params:
-            return inner_step(forward, {**params, **phi}, names, x, y, ign, k, self.lr_for, self.loss_fn,
-                              create_graph, proximal=self.proximal, anchor=params, step_params=self.step_params)
+        def recording_loss(logits, target, ignore):
+            support_logits.append(logits.detach())
+            return self.loss_fn(logits, target, ignore)
+
+        def step(k: int, phi: Params, create_graph: bool, piece: tuple[int, int] | None = None) -> Params:
+            loss_fn, proximal, xs = self.loss_fn, self.proximal, x
+            if piece is not None and len(pieces) > 1:
+                lo, hi = piece
+                fixed = support_logits[k]
+
+                def loss_fn(logits, _target, _ignore):  # the whole set's loss, only this piece's logits live
+                    return self.loss_fn(torch.cat([fixed[:lo], logits, fixed[hi:]]), y, ign)
+                xs, proximal = x[lo:hi], (self.proximal if lo == 0 else 0.0)  # the proximal term once
+            elif piece is None and len(pieces) > 1:
+                loss_fn = recording_loss
+            return inner_step(forward, {**params, **phi}, names, xs, y, ign, k, self.lr_for, loss_fn,
+                              create_graph, proximal=proximal, anchor=params, step_params=self.step_params)
 
         leaves = [{n: params[n].detach().requires_grad_(True) for n in names}]
-        kept = None  # the last step's graph is built in the forward already and kept for the backward
+        keep_last = second and len(pieces) == 1  # the last step's graph is built in the forward and kept
+        kept = None
         for k in range(self.inner_steps):  # forward: no graph kept, only phi_k
             last = k == self.inner_steps - 1
-            new = step(k, leaves[-1], create_graph=second and last)
-            kept = new if last else None
+            new = step(k, leaves[-1], create_graph=keep_last and last)
+            kept = new if last and keep_last else None
             leaves.append({n: new[n].detach().requires_grad_(True) for n in names})
         with torch.enable_grad():
             loss = self.query_loss(forward, [{**params, **phi} for phi in leaves], ep)
@@ -333,13 +362,17 @@ class MetaAlgorithm(nn.Module):
 
         v = {n: zero_if_none(direct[-1][n], leaves[-1][n]) for n in names}
         for k in range(self.inner_steps - 1, -1, -1):  # backward: rebuild step k, pull v through it
-            with torch.enable_grad():
-                new = kept if k == self.inner_steps - 1 else step(k, leaves[k], create_graph=second)
-                kept = None
-                pulled = torch.autograd.grad([new[n] for n in names], list(leaves[k].values()) + meta_params,
-                                             grad_outputs=[v[n] for n in names], allow_unused=True,
-                                             retain_graph=True)
-            del new
+            pulled: list[torch.Tensor | None] = [None] * (n_adapt + len(meta_params))
+            for j, piece in enumerate(pieces):
+                with torch.enable_grad():
+                    new = kept if kept is not None else step(k, leaves[k], create_graph=second, piece=piece)
+                    kept = None
+                    # piece j > 0 adds only its gradient term: phi_{k+1} - phi_k = -alpha * g_j
+                    outs = [new[n] if j == 0 else new[n] - leaves[k][n] for n in names]
+                    add(pulled, torch.autograd.grad(outs, list(leaves[k].values()) + meta_params,
+                                                    grad_outputs=[v[n] for n in names], allow_unused=True,
+                                                    retain_graph=True))  # params' own graph (MR-MAML) stays
+                del new, outs
             v = {n: zero_if_none(pulled[i], leaves[k][n]) + zero_if_none(direct[k][n], leaves[k][n])
                  for i, n in enumerate(names)}
             add(total, pulled[n_adapt:])
