@@ -96,3 +96,45 @@ def test_inner_checkpoint_refuses_what_it_cannot_checkpoint(name, kwargs, messag
 def test_checkpoint_images_needs_inner_checkpoint_and_a_count(kwargs):
     with pytest.raises(ValueError, match="checkpoint_images must be >= 0 and needs inner_checkpoint=True"):
         fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn"), **kwargs)
+
+
+def test_image_pieces_build_graphs_of_one_piece_only():
+    """checkpoint_images=1: every forward that records a graph sees one image; whole sets run without a graph."""
+    torch.manual_seed(0)
+    model = fewseg.create_model("seed-cnn")
+    seen = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append((args[0].shape[0], torch.is_grad_enabled())))
+    algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.1, inner_checkpoint=True,
+                                   checkpoint_images=1)
+    algo.meta_backward(random_batch(T=2, S=3, Q=4, size=16))
+    assert {n for n, grad in seen if grad} == {1}
+    assert {n for n, grad in seen if not grad} == {3, 4}  # the recorded logits of the support and query sets
+
+
+class QueryWithPenalty(fewseg.algorithms.base.MetaAlgorithm):
+    """A query loss with a term that does not go through the logits (it must count once, not once per piece)."""
+
+    def query_loss(self, forward, trajectory, ep):
+        last = trajectory[-1]
+        return super().query_loss(forward, trajectory, ep) + 0.1 * sum((p ** 2).sum() for p in last.values())
+
+
+def test_query_pieces_count_terms_without_logits_once():
+    batch = random_batch(T=2, S=2, Q=3, size=16, dtype=torch.float64, ignore=True)
+    results = []
+    for checkpoint, images in ((False, 0), (True, 1)):
+        torch.manual_seed(0)
+        model = fewseg.create_model("seed-cnn").double()
+        algo = QueryWithPenalty(model, inner_steps=2, inner_lr=0.3, strategy="loop", inner_checkpoint=checkpoint,
+                                checkpoint_images=images)
+        logs = algo.meta_backward(batch)
+        results.append((logs["loss"], grads_of(model)))
+    (loss_value, want), (got_loss, got) = results
+    assert got_loss == pytest.approx(loss_value, rel=1e-10)
+    assert_close_rel(got, want, rtol=1e-9)
+
+
+def test_image_pieces_refuse_batch_statistics():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 1, 1))
+    with pytest.raises(ValueError, match="checkpoint_images needs per-image logits"):
+        fewseg.create_algorithm("maml", model, batchnorm="batch-stats", inner_checkpoint=True, checkpoint_images=1)

@@ -145,12 +145,14 @@ def test_bf16_autocast_trains_with_finite_losses(tmp_path):
         tiny(tmp_path, "train.autocast=fp8")
 
 
-def test_training_with_inner_checkpoint_reaches_the_same_weights(tmp_path):
-    """algorithm.options.inner_checkpoint=true from the config: the same training run, step for step."""
+@pytest.mark.parametrize("images", [0, 1])
+def test_training_with_inner_checkpoint_reaches_the_same_weights(tmp_path, images):
+    """algorithm.options.inner_checkpoint=true (image by image with checkpoint_images=1): the same run."""
     plain = Trainer(tiny(tmp_path / "a"), progress=False)
     plain.fit()
-    checkpointed = Trainer(tiny(tmp_path / "b", "algorithm.options.inner_checkpoint=true"), progress=False)
-    assert checkpointed.algo.inner_checkpoint
+    checkpointed = Trainer(tiny(tmp_path / "b", "algorithm.options.inner_checkpoint=true",
+                                f"algorithm.options.checkpoint_images={images}"), progress=False)
+    assert checkpointed.algo.inner_checkpoint and checkpointed.algo.checkpoint_images == images
     checkpointed.fit()
     for (name, a), b in zip(plain.algo.state_dict().items(), checkpointed.algo.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)

@@ -90,9 +90,9 @@ class MetaAlgorithm(nn.Module):
     inner_checkpoint: in ``meta_backward``, keep only each inner step's adapted weights and rebuild one step's
     graph at a time during the backward (tasks one at a time): the same meta-gradient, with memory that no
     longer grows with ``inner_steps``, for one extra forward/backward per inner step (see
-    ``_task_grads_recomputed``). checkpoint_images: with ``inner_checkpoint``, rebuild each inner step in pieces
-    of this many support images (0: the whole support set at once): peak memory is one piece's second-order
-    graph, for losses that sum per-image terms (every built-in loss does).
+    ``_task_grads_recomputed``). checkpoint_images: with ``inner_checkpoint``, run every pass (inner steps,
+    their rebuilds, the query loss) this many images at a time (0: whole sets): peak memory is one piece's
+    graph; exact for support losses that sum per-image terms (every built-in loss does).
     """
 
     name = "maml"
@@ -123,6 +123,9 @@ class MetaAlgorithm(nn.Module):
             raise ValueError(f"checkpoint_images must be >= 0 and needs inner_checkpoint=True, got "
                              f"checkpoint_images={checkpoint_images}, inner_checkpoint={inner_checkpoint}")
         check_norm_layers(model, batchnorm)
+        if checkpoint_images and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ValueError("checkpoint_images needs per-image logits: BatchNorm with batch statistics mixes the "
+                             "images of a batch (use GroupNorm, or checkpoint_images: 0)")
         self.model = model
         self.inner_steps, self.inner_lr, self.first_order = inner_steps, float(inner_lr), first_order
         self.loss_name, self.loss_fn = loss, get_loss(loss)
@@ -303,59 +306,61 @@ class MetaAlgorithm(nn.Module):
         rates, per-step norms, the proximal anchor) accumulated on the way. v_0 is the gradient w.r.t. theta's
         adapted weights. The same numbers as backpropagating through the unrolled loop, one step's graph alive.
 
-        With ``checkpoint_images`` = m < S a step is rebuilt in pieces of m support images: piece j's support
-        loss is the whole set's loss with the other images' logits fixed (recorded in the forward), so
-        d phi_{k+1} / d phi_k = I - alpha * sum_j H_j when the loss sums per-image terms; only one piece's
-        second-order graph is alive at a time.
+        With ``checkpoint_images`` = m, every pass runs m images at a time: each image's logits are first
+        recorded without a graph, then piece j's loss is the whole set's loss with only its own images' logits
+        live (minus the all-fixed loss for j > 0, so terms without logits count once). Summed over the pieces
+        that is the exact gradient of any loss, and d phi_{k+1} / d phi_k = I - alpha * sum_j H_j when the
+        support loss sums per-image terms; one piece's graph is alive at a time.
         """
         params, forward = self.params_and_forward()
         names = self.adapt_names
         x, y, ign = ep.support_x, ep.support_y, ep.support_ignore
         second = self.use_second_order()
-        S = x.shape[0]
-        size = self.checkpoint_images if 0 < self.checkpoint_images < S else S
-        pieces = [(lo, min(lo + size, S)) for lo in range(0, S, size)]
-        support_logits: list[torch.Tensor] = []  # [S,1,H,W] at phi_k, detached (pieces only)
+        size = self.checkpoint_images
+        pieced = 0 < size < max(x.shape[0], ep.query_x.shape[0])
 
-        def recording_loss(logits, target, ignore):
-            support_logits.append(logits.detach())
-            return self.loss_fn(logits, target, ignore)
+        def pieces(n: int) -> list[tuple[int, int]]:
+            m = size if pieced else n
+            return [(lo, min(lo + m, n)) for lo in range(0, n, m)]
+
+        support_logits: list[torch.Tensor] = []  # [S,1,H,W] at phi_k, no graph (pieced only)
 
         def step(k: int, phi: Params, create_graph: bool, piece: tuple[int, int] | None = None) -> Params:
             loss_fn, proximal, xs = self.loss_fn, self.proximal, x
-            if piece is not None and len(pieces) > 1:
+            if piece is not None:
                 lo, hi = piece
                 fixed = support_logits[k]
 
                 def loss_fn(logits, _target, _ignore):  # the whole set's loss, only this piece's logits live
                     return self.loss_fn(torch.cat([fixed[:lo], logits, fixed[hi:]]), y, ign)
                 xs, proximal = x[lo:hi], (self.proximal if lo == 0 else 0.0)  # the proximal term once
-            elif piece is None and len(pieces) > 1:
-                loss_fn = recording_loss
             return inner_step(forward, {**params, **phi}, names, xs, y, ign, k, self.lr_for, loss_fn,
                               create_graph, proximal=proximal, anchor=params, step_params=self.step_params)
 
+        def pieced_step(k: int, phi: Params) -> Params:  # first order, one piece's graph at a time
+            with torch.no_grad():
+                support_logits.append(forward({**params, **phi, **self.step_params(k)}, x))
+            delta = {n: torch.zeros_like(phi[n]) for n in names}
+            for piece in pieces(x.shape[0]):
+                new = step(k, phi, create_graph=False, piece=piece)
+                for n in names:
+                    delta[n] += (new[n] - phi[n]).detach()
+            return {n: phi[n].detach() + delta[n] for n in names}
+
         leaves = [{n: params[n].detach().requires_grad_(True) for n in names}]
-        keep_last = second and len(pieces) == 1  # the last step's graph is built in the forward and kept
+        keep_last = second and not pieced  # the last step's graph is built in the forward and kept
         kept = None
         for k in range(self.inner_steps):  # forward: no graph kept, only phi_k
             last = k == self.inner_steps - 1
-            new = step(k, leaves[-1], create_graph=keep_last and last)
+            new = pieced_step(k, leaves[-1]) if pieced else step(k, leaves[-1], create_graph=keep_last and last)
             kept = new if last and keep_last else None
             leaves.append({n: new[n].detach().requires_grad_(True) for n in names})
-        with torch.enable_grad():
-            loss = self.query_loss(forward, [{**params, **phi} for phi in leaves], ep)
-            flat = [t for phi in leaves for t in phi.values()]
-            grads = torch.autograd.grad(loss, flat + meta_params, allow_unused=True, retain_graph=True)
-        loss = loss.detach()
+        trajectory = [{**params, **phi} for phi in leaves]
+        flat = [t for phi in leaves for t in phi.values()]
+        loss, grads = self._query_grads(forward, trajectory, ep, flat + meta_params, pieces)
         n_adapt = len(names)
         direct = [dict(zip(names, grads[i * n_adapt:(i + 1) * n_adapt])) for i in range(len(leaves))]
         total = list(grads[len(flat):])
-
-        def add(into: list, extra) -> None:
-            for i, g in enumerate(extra):
-                if g is not None:
-                    into[i] = g if into[i] is None else into[i] + g
 
         def zero_if_none(g, like):
             return torch.zeros_like(like) if g is None else g
@@ -363,24 +368,65 @@ class MetaAlgorithm(nn.Module):
         v = {n: zero_if_none(direct[-1][n], leaves[-1][n]) for n in names}
         for k in range(self.inner_steps - 1, -1, -1):  # backward: rebuild step k, pull v through it
             pulled: list[torch.Tensor | None] = [None] * (n_adapt + len(meta_params))
-            for j, piece in enumerate(pieces):
+            for j, piece in enumerate(pieces(x.shape[0])):
                 with torch.enable_grad():
-                    new = kept if kept is not None else step(k, leaves[k], create_graph=second, piece=piece)
+                    new = kept if kept is not None else step(k, leaves[k], second, piece if pieced else None)
                     kept = None
                     # piece j > 0 adds only its gradient term: phi_{k+1} - phi_k = -alpha * g_j
                     outs = [new[n] if j == 0 else new[n] - leaves[k][n] for n in names]
-                    add(pulled, torch.autograd.grad(outs, list(leaves[k].values()) + meta_params,
-                                                    grad_outputs=[v[n] for n in names], allow_unused=True,
-                                                    retain_graph=True))  # params' own graph (MR-MAML) stays
+                    _add(pulled, torch.autograd.grad(outs, list(leaves[k].values()) + meta_params,
+                                                     grad_outputs=[v[n] for n in names], allow_unused=True,
+                                                     retain_graph=True))  # params' own graph (MR-MAML) stays
                 del new, outs
             v = {n: zero_if_none(pulled[i], leaves[k][n]) + zero_if_none(direct[k][n], leaves[k][n])
                  for i, n in enumerate(names)}
-            add(total, pulled[n_adapt:])
+            _add(total, pulled[n_adapt:])
         with torch.enable_grad():  # phi_0 = theta's adapted weights (possibly a function of the meta-parameters)
             into_theta = torch.autograd.grad([params[n] for n in names], meta_params,
                                              grad_outputs=[v[n] for n in names], allow_unused=True)
-        add(total, into_theta)
+        _add(total, into_theta)
         return loss, total
+
+    def _query_grads(self, forward, trajectory: list[Params], ep: Episode, wrt: list[torch.Tensor], pieces
+                     ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The outer (query) loss and its gradient w.r.t. ``wrt``, the query images in ``pieces(Q)``."""
+        query_pieces = pieces(ep.query_x.shape[0])
+        if len(query_pieces) == 1:
+            with torch.enable_grad():
+                loss = self.query_loss(forward, trajectory, ep)
+                grads = torch.autograd.grad(loss, wrt, allow_unused=True, retain_graph=True)
+            return loss.detach(), list(grads)
+        recorded: list[torch.Tensor] = []  # every forward call's logits, in call order, no graph
+
+        def recording(p, images):
+            recorded.append(forward(p, images))
+            return recorded[-1]
+
+        with torch.no_grad():
+            loss = self.query_loss(recording, trajectory, ep)
+
+        def piece_forward(piece):
+            calls = iter(recorded)
+
+            def fwd(p, images):
+                fixed = next(calls)
+                if piece is None:
+                    return fixed
+                lo, hi = min(piece[0], images.shape[0]), min(piece[1], images.shape[0])
+                if lo == hi:
+                    return fixed
+                return torch.cat([fixed[:lo], forward(p, images[lo:hi]), fixed[hi:]])
+            return fwd
+
+        grads: list[torch.Tensor | None] = [None] * len(wrt)
+        for j, piece in enumerate(query_pieces):
+            with torch.enable_grad():
+                piece_loss = self.query_loss(piece_forward(piece), trajectory, ep)
+                if j > 0:  # terms that do not go through the logits (if any) count once
+                    piece_loss = piece_loss - self.query_loss(piece_forward(None), trajectory, ep)
+                _add(grads, torch.autograd.grad(piece_loss, wrt, allow_unused=True, retain_graph=True))
+            del piece_loss
+        return loss, grads
 
     @staticmethod
     def _logs(losses: torch.Tensor, weights: torch.Tensor) -> dict:
@@ -426,6 +472,13 @@ class MetaAlgorithm(nn.Module):
     def load_extra_state(self, state: dict) -> None:
         self.iteration = int(state.get("iteration", 0))
         self.class_counts = {int(c): int(n) for c, n in state.get("class_counts", {}).items()}
+
+
+def _add(into: list, extra) -> None:
+    """into[i] += extra[i] where extra[i] is not None (into[i] may start as None)."""
+    for i, g in enumerate(extra):
+        if g is not None:
+            into[i] = g if into[i] is None else into[i] + g
 
 
 def _detach(v):
