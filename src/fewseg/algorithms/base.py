@@ -266,9 +266,14 @@ class MetaAlgorithm(nn.Module):
         per_task: list[list[torch.Tensor | None]] = []
         values = []
         for s in range(0, T, chunk):
-            if self.inner_checkpoint:  # per-task gradients, weighted below like the "hard" ones
+            if self.inner_checkpoint:  # per-task gradients: constant weights now, "hard" ones below
                 loss, grads = self._task_grads_recomputed(batch.task(s), params)
-                per_task.append(grads)
+                if static is None:
+                    per_task.append(grads)
+                else:
+                    for p, g in zip(params, grads):
+                        if g is not None:
+                            p.grad = static[s] * g if p.grad is None else p.grad + static[s] * g
                 values.append(loss.reshape(1))
                 continue
             losses = self.task_losses(batch, s, min(s + chunk, T))
