@@ -59,14 +59,20 @@ def test_checkpointed_meta_gradient_equals_the_per_task_loop_for_every_variant(n
 @pytest.mark.parametrize("loss", ["balanced-bce", "dice", "focal", "bce+dice"])
 def test_image_pieces_give_the_same_meta_gradient_for_every_loss(loss):
     """Each built-in loss sums per-image terms, so rebuilding a step image by image changes nothing."""
-    batch = random_batch(T=2, S=3, Q=2, size=16, dtype=torch.float64, ignore=True)
+    assert_one_image_pieces_match_the_plain_loop(
+        lambda model, **ckpt: fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.3, loss=loss,
+                                                      strategy="loop", **ckpt),
+        lambda: fewseg.create_model("unet", depth=2, width=6).double(), S=3, Q=2)
+
+
+def assert_one_image_pieces_match_the_plain_loop(make_algo, make_model, S, Q):
+    """make_algo(model, inner_checkpoint=..., checkpoint_images=...): same loss and meta-gradient both ways."""
+    batch = random_batch(T=2, S=S, Q=Q, size=16, dtype=torch.float64, ignore=True)
     results = []
     for checkpoint, images in ((False, 0), (True, 1)):
         torch.manual_seed(0)
-        model = fewseg.create_model("unet", depth=2, width=6).double()
-        algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.3, loss=loss, strategy="loop",
-                                       inner_checkpoint=checkpoint, checkpoint_images=images)
-        logs = algo.meta_backward(batch)
+        model = make_model()
+        logs = make_algo(model, inner_checkpoint=checkpoint, checkpoint_images=images).meta_backward(batch)
         results.append((logs["loss"], grads_of(model)))
     (loss_value, want), (got_loss, got) = results
     assert got_loss == pytest.approx(loss_value, rel=1e-10)
@@ -92,9 +98,10 @@ def test_inner_checkpoint_refuses_what_it_cannot_checkpoint(name, kwargs, messag
         fewseg.create_algorithm(name, fewseg.create_model("seed-cnn"), inner_checkpoint=True, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"checkpoint_images": 2}, {"checkpoint_images": -1, "inner_checkpoint": True}])
+@pytest.mark.parametrize("kwargs", [{"checkpoint_images": 2}, {"checkpoint_images": -1, "inner_checkpoint": True},
+                                    {"checkpoint_images": "abc", "inner_checkpoint": True}])
 def test_checkpoint_images_needs_inner_checkpoint_and_a_count(kwargs):
-    with pytest.raises(ValueError, match="checkpoint_images must be >= 0 and needs inner_checkpoint=True"):
+    with pytest.raises(ValueError, match="checkpoint_images must be an integer >= 0 and needs inner_checkpoint=True"):
         fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn"), **kwargs)
 
 
@@ -120,18 +127,9 @@ class QueryWithPenalty(fewseg.algorithms.base.MetaAlgorithm):
 
 
 def test_query_pieces_count_terms_without_logits_once():
-    batch = random_batch(T=2, S=2, Q=3, size=16, dtype=torch.float64, ignore=True)
-    results = []
-    for checkpoint, images in ((False, 0), (True, 1)):
-        torch.manual_seed(0)
-        model = fewseg.create_model("seed-cnn").double()
-        algo = QueryWithPenalty(model, inner_steps=2, inner_lr=0.3, strategy="loop", inner_checkpoint=checkpoint,
-                                checkpoint_images=images)
-        logs = algo.meta_backward(batch)
-        results.append((logs["loss"], grads_of(model)))
-    (loss_value, want), (got_loss, got) = results
-    assert got_loss == pytest.approx(loss_value, rel=1e-10)
-    assert_close_rel(got, want, rtol=1e-9)
+    assert_one_image_pieces_match_the_plain_loop(
+        lambda model, **ckpt: QueryWithPenalty(model, inner_steps=2, inner_lr=0.3, strategy="loop", **ckpt),
+        lambda: fewseg.create_model("seed-cnn").double(), S=2, Q=3)
 
 
 def test_image_pieces_refuse_batch_statistics():

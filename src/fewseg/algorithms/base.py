@@ -119,8 +119,9 @@ class MetaAlgorithm(nn.Module):
                              f"inner-loop graph to checkpoint)")
         if inner_checkpoint and strategy == "vmap":
             raise ValueError("inner_checkpoint processes tasks one at a time: use strategy 'loop' or 'auto'")
-        if checkpoint_images < 0 or (checkpoint_images and not inner_checkpoint):
-            raise ValueError(f"checkpoint_images must be >= 0 and needs inner_checkpoint=True, got "
+        if (not isinstance(checkpoint_images, int) or isinstance(checkpoint_images, bool) or checkpoint_images < 0
+                or (checkpoint_images and not inner_checkpoint)):
+            raise ValueError(f"checkpoint_images must be an integer >= 0 and needs inner_checkpoint=True, got "
                              f"checkpoint_images={checkpoint_images}, inner_checkpoint={inner_checkpoint}")
         check_norm_layers(model, batchnorm)
         if checkpoint_images and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
@@ -273,7 +274,7 @@ class MetaAlgorithm(nn.Module):
                 else:
                     for p, g in zip(params, grads):
                         if g is not None:
-                            p.grad = static[s] * g if p.grad is None else p.grad + static[s] * g
+                            _add_to_grad(p, static[s] * g)
                 values.append(loss.reshape(1))
                 continue
             losses = self.task_losses(batch, s, min(s + chunk, T))
@@ -291,7 +292,7 @@ class MetaAlgorithm(nn.Module):
                 parts = [w * g[k] for w, g in zip(weights, per_task) if g[k] is not None]
                 if parts:
                     total = torch.stack(parts).sum(0)
-                    p.grad = total if p.grad is None else p.grad + total
+                    _add_to_grad(p, total)
         logs = self._logs(losses, weights)
         reg = self.outer_regulariser()
         if reg is not None:
@@ -484,6 +485,10 @@ def _add(into: list, extra) -> None:
     for i, g in enumerate(extra):
         if g is not None:
             into[i] = g if into[i] is None else into[i] + g
+
+
+def _add_to_grad(p: torch.Tensor, g: torch.Tensor) -> None:
+    p.grad = g if p.grad is None else p.grad + g
 
 
 def _detach(v):
