@@ -53,3 +53,14 @@ def test_adapt_folder_writes_binary_masks_at_each_image_size(tmp_path):
         assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
         overlay = Image.open(overlay_path)
         assert overlay.mode == "RGB" and overlay.size == (48, 32)
+
+
+def test_readme_python_quick_start_is_the_example_code():
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme[readme.index("### Python API"):]
+    block = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python") + 9)]
+    example = {line.rstrip() for line in (EXAMPLES / "quickstart_api.py").read_text().splitlines()}
+    code = [line.rstrip() for line in block.splitlines() if line.strip()]
+    assert len(code) >= 15
+    missing = [line for line in code if line not in example]
+    assert not missing, f"README lines not in examples/quickstart_api.py: {missing}"
