@@ -91,9 +91,9 @@ def run_one(args) -> dict:
         def step():
             opt.zero_grad()
             if args.strategy == "graph":
-                algo.outer_loss(batch).backward()
+                algo.outer_loss(batch, iteration=0).backward()
             else:
-                algo.meta_backward(batch)
+                algo.meta_backward(batch, iteration=0)
             opt.step()
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -162,7 +162,7 @@ def gradient_agreement(model, batch, steps, peer_step) -> float:
     peer_step()
     theirs = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    fewseg.create_algorithm("maml", model, inner_steps=steps, inner_lr=0.01, strategy="loop").meta_backward(batch)
+    fewseg.create_algorithm("maml", model, inner_steps=steps, inner_lr=0.01, strategy="loop").meta_backward(batch, iteration=0)
     ours = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     # relative to the largest gradient entry: conv biases before a GroupNorm have ~0 gradients (pure round-off)

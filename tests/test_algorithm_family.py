@@ -46,14 +46,13 @@ def test_mamlpp_multi_step_loss_with_per_step_rates_and_norms_matches_a_hand_unr
     K = 2
     algo = fewseg.create_algorithm("maml++", model, inner_steps=K, inner_lr=0.1, msl_iterations=10,
                                    first_order_iterations=0).double()
-    algo.iteration = 4
     with torch.no_grad():  # make every step's rates and norm weights distinct
         for r in algo.step_rates.values():
             r.uniform_(0.05, 0.2)
         for s in algo.step_norms.values():
             s.add_(0.1 * torch.randn_like(s))
     assert algo.norm_names and not set(algo.norm_names) & set(algo.adapt_names)
-    algo.outer_loss(batch).backward()
+    algo.outer_loss(batch, iteration=4).backward()
 
     key = (lambda n: n.replace(".", "__"))
     theta = dict(model.named_parameters())
@@ -89,8 +88,7 @@ def test_mamlpp_derivative_order_annealing_is_first_order_before_the_switch():
         model = fewseg.create_model("seed-cnn", width=4).double()
         algo = fewseg.create_algorithm("maml++", model, inner_steps=2, inner_lr=0.3, multi_step_loss=False,
                                        learned_rates=False, first_order_iterations=3, **kw)
-        algo.iteration = iteration
-        algo.outer_loss(batch).backward()
+        algo.outer_loss(batch, iteration=iteration).backward()
         return model, [p.grad for p in model.parameters()]
 
     model, early = grads(2)
@@ -113,8 +111,7 @@ def test_mrmaml_samples_the_shared_block_adds_the_kl_and_matches_a_hand_referenc
                                    init_log_sigma=-2.0, noise_seed=7).double()
     assert algo.stochastic_names == ["0.weight", "0.bias"]
     assert algo.adapt_names == ["2.weight", "2.bias", "4.weight", "4.bias"]
-    algo.iteration = 5
-    algo.outer_loss(batch).backward()
+    algo.outer_loss(batch, iteration=5).backward()
 
     theta = dict(model.named_parameters())
     sig = {n: algo.log_sigma[n.replace(".", "__")] for n in algo.stochastic_names}
@@ -157,7 +154,7 @@ def test_hard_task_weighting_is_a_softmax_of_detached_losses(strategy):
     batch.query_y[2] = 1.0  # a harder task
     algo = fewseg.create_algorithm("maml", model, inner_steps=1, inner_lr=0.3, task_weighting="hard",
                                    weight_temperature=0.002, strategy=strategy)
-    logs = algo.meta_backward(batch)
+    logs = algo.meta_backward(batch, iteration=0)
     theta = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
     losses = unrolled_task_losses(model, theta, batch, 1, 0.3)
     w = torch.softmax(losses.detach() / 0.002, 0)
@@ -167,12 +164,13 @@ def test_hard_task_weighting_is_a_softmax_of_detached_losses(strategy):
         assert torch.allclose(p.grad, r, rtol=1e-6, atol=1e-12)
     # the whole-graph loss agrees; with weight_grad the gradient also flows into the weights
     model.zero_grad()
-    algo.outer_loss(batch).backward()
+    algo.outer_loss(batch, iteration=0).backward()
     for p, r in zip(model.parameters(), ref):
         assert torch.allclose(p.grad, r, rtol=1e-6, atol=1e-12)
     model.zero_grad()
-    algo.weight_grad = True
-    algo.meta_backward(batch)
+    algo = fewseg.create_algorithm("maml", model, inner_steps=1, inner_lr=0.3, task_weighting="hard",
+                                   weight_temperature=0.002, weight_grad=True, strategy=strategy)
+    algo.meta_backward(batch, iteration=0)
     losses = unrolled_task_losses(model, theta, batch, 1, 0.3)
     ref2 = torch.autograd.grad((torch.softmax(losses / 0.002, 0) * losses).sum(), list(theta.values()))
     for p, r in zip(model.parameters(), ref2):
@@ -187,9 +185,10 @@ def test_class_frequency_weighting_rebalances_by_image_count_and_names_unknown_c
     batch = fewseg.MetaBatch(b.support_x, b.support_y, b.query_x, b.query_y, class_ids=[4, 5, 4])
     algo = fewseg.create_algorithm("maml", model, inner_steps=1, inner_lr=0.3, task_weighting="class-frequency")
     with pytest.raises(ValueError, match="image count"):
-        algo.meta_backward(batch)
-    algo.class_counts = {4: 30, 5: 10}
-    logs = algo.meta_backward(batch)
+        algo.meta_backward(batch, iteration=0)
+    algo = fewseg.create_algorithm("maml", model, inner_steps=1, inner_lr=0.3, task_weighting="class-frequency",
+                                   class_counts={4: 30, 5: 10})
+    logs = algo.meta_backward(batch, iteration=0)
     assert logs["task_weights"] == pytest.approx([0.2, 0.6, 0.2])
     theta = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
     losses = unrolled_task_losses(model, theta, batch, 1, 0.3)

@@ -31,7 +31,7 @@ def test_reptile_update_is_theta_plus_epsilon_mean_of_phi_minus_theta():
     expected = {n: theta[n] + eps * torch.stack([phi[n] - theta[n] for phi in phis]).mean(0) for n in theta}
     opt = torch.optim.SGD(model.parameters(), lr=eps)
     opt.zero_grad()
-    algo.meta_backward(batch)
+    algo.meta_backward(batch, iteration=0)
     opt.step()
     for n, p in model.named_parameters():
         assert torch.allclose(p, expected[n], atol=1e-12), n
@@ -39,7 +39,7 @@ def test_reptile_update_is_theta_plus_epsilon_mean_of_phi_minus_theta():
     model.zero_grad()
     for n, p in model.named_parameters():
         p.data.copy_(theta[n])
-    algo.outer_loss(batch).backward()
+    algo.outer_loss(batch, iteration=0).backward()
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, theta[n] - torch.stack([phi[n] for phi in phis]).mean(0), atol=1e-12)
 
@@ -52,7 +52,7 @@ def test_metasgd_gradient_with_respect_to_the_learned_rates():
     with torch.no_grad():  # distinct rates per element
         for r in algo.rates.values():
             r.uniform_(0.05, 0.2)
-    algo.outer_loss(batch).backward()
+    algo.outer_loss(batch, iteration=0).backward()
     names = [n for n, _ in model.named_parameters()]
     theta = [p for _, p in model.named_parameters()]
     alphas = [algo.rates[n.replace(".", "__")] for n in names]
@@ -80,7 +80,7 @@ def test_anil_adapts_only_the_head_and_matches_a_head_only_reference():
     adapted = algo.adapt(batch.support_x[0], batch.support_y[0])
     for n, p in model.named_parameters():
         assert torch.equal(adapted.params[n], p.detach()) == (not n.startswith("4."))
-    algo.outer_loss(batch).backward()
+    algo.outer_loss(batch, iteration=0).backward()
     names = [n for n, _ in model.named_parameters()]
     theta = dict(model.named_parameters())
     total = 0
@@ -125,7 +125,7 @@ def test_anil_feature_cache_is_the_same_mathematics_as_whole_network_steps(strat
         algo = fewseg.create_algorithm("anil", model, inner_steps=2, inner_lr=0.5, cache_features=cache,
                                        strategy=strategy)
         assert algo.cache_features == cache
-        algo.meta_backward(batch)
+        algo.meta_backward(batch, iteration=0)
         grads.append([p.grad for p in model.parameters()])
         adapted.append(algo.adapt(batch.support_x[0], batch.support_y[0], steps=3).predict(batch.query_x[0]))
     for a, b in zip(*grads):

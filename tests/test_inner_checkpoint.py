@@ -17,7 +17,7 @@ def test_checkpointed_meta_gradient_matches_the_unrolled_reference(model_name, k
     algo = fewseg.create_algorithm("maml", model, inner_steps=3, inner_lr=0.3, first_order=first_order,
                                    inner_checkpoint=True, checkpoint_images=images)
     ref_loss, ref_grads = unrolled_meta_grad(model, batch, steps=3, lr=0.3, first_order=first_order)
-    logs = algo.meta_backward(batch)
+    logs = algo.meta_backward(batch, iteration=0)
     assert logs["loss"] == pytest.approx(float(ref_loss), rel=1e-10)
     assert_close_rel(grads_of(model), ref_grads, rtol=1e-9)
 
@@ -47,7 +47,7 @@ def test_checkpointed_meta_gradient_equals_the_per_task_loop_for_every_variant(n
             for p in algo.parameters():
                 if p is not None and not any(p is q for q in model.parameters()):
                     p.mul_(1 + 0.5 * torch.rand_like(p))
-        logs = algo.meta_backward(batch)
+        logs = algo.meta_backward(batch, iteration=0)
         # None: a parameter the meta-step never uses (MAML++ replaces the model's norm weights by per-step ones)
         results.append((logs["loss"], [p.grad for p in algo.parameters()]))
     (loss, want), (got_loss, got) = results
@@ -72,7 +72,7 @@ def assert_one_image_pieces_match_the_plain_loop(make_algo, make_model, S, Q):
     for checkpoint, images in ((False, 0), (True, 1)):
         torch.manual_seed(0)
         model = make_model()
-        logs = make_algo(model, inner_checkpoint=checkpoint, checkpoint_images=images).meta_backward(batch)
+        logs = make_algo(model, inner_checkpoint=checkpoint, checkpoint_images=images).meta_backward(batch, iteration=0)
         results.append((logs["loss"], grads_of(model)))
     (loss_value, want), (got_loss, got) = results
     assert got_loss == pytest.approx(loss_value, rel=1e-10)
@@ -84,13 +84,13 @@ def test_checkpointed_training_step_frees_each_inner_graph():
     torch.manual_seed(0)
     model = fewseg.create_model("seed-cnn")
     algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.1, inner_checkpoint=True)
-    algo.meta_backward(random_batch(T=2, S=2, Q=2, size=16))
+    algo.meta_backward(random_batch(T=2, S=2, Q=2, size=16), iteration=0)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 @pytest.mark.parametrize("name,kwargs,message", [
-    ("anil", {}, "inner_checkpoint is not available for anil"),
-    ("reptile", {}, "inner_checkpoint is not available for reptile"),
+    ("anil", {}, "option inner_checkpoint=True is not supported by algorithm 'anil'"),
+    ("reptile", {}, "option inner_checkpoint=True is not supported by algorithm 'reptile'"),
     ("maml", {"strategy": "vmap"}, "use strategy 'loop' or 'auto'"),
 ])
 def test_inner_checkpoint_refuses_what_it_cannot_checkpoint(name, kwargs, message):
@@ -113,7 +113,7 @@ def test_image_pieces_build_graphs_of_one_piece_only():
     model.register_forward_pre_hook(lambda _m, args: seen.append((args[0].shape[0], torch.is_grad_enabled())))
     algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.1, inner_checkpoint=True,
                                    checkpoint_images=1)
-    algo.meta_backward(random_batch(T=2, S=3, Q=4, size=16))
+    algo.meta_backward(random_batch(T=2, S=3, Q=4, size=16), iteration=0)
     assert {n for n, grad in seen if grad} == {1}
     assert {n for n, grad in seen if not grad} == {3, 4}  # the recorded logits of the support and query sets
 
@@ -121,9 +121,9 @@ def test_image_pieces_build_graphs_of_one_piece_only():
 class QueryWithPenalty(fewseg.algorithms.base.MetaAlgorithm):
     """A query loss with a term that does not go through the logits (it must count once, not once per piece)."""
 
-    def query_loss(self, forward, trajectory, ep):
+    def query_loss(self, forward, trajectory, ep, iteration):
         last = trajectory[-1]
-        return super().query_loss(forward, trajectory, ep) + 0.1 * sum((p ** 2).sum() for p in last.values())
+        return super().query_loss(forward, trajectory, ep, iteration) + 0.1 * sum((p ** 2).sum() for p in last.values())
 
 
 def test_query_pieces_count_terms_without_logits_once():

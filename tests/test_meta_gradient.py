@@ -55,13 +55,13 @@ def test_meta_gradient_matches_unrolled_reference(model_name, kwargs, strategy):
     algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.3, strategy=strategy)
     ref_loss, ref_grads = unrolled_meta_grad(model, batch, steps=2, lr=0.3)
 
-    loss = algo.outer_loss(batch)
+    loss = algo.outer_loss(batch, iteration=0)
     loss.backward()
     assert torch.allclose(loss.detach(), ref_loss, rtol=1e-10)
     assert_close_rel(grads_of(model), ref_grads)
 
     model.zero_grad()
-    logs = algo.meta_backward(batch)  # chunked backward: same gradient
+    logs = algo.meta_backward(batch, iteration=0)  # chunked backward: same gradient
     assert abs(logs["loss"] - float(ref_loss)) < 1e-8
     assert_close_rel(grads_of(model), ref_grads)
 
@@ -72,7 +72,7 @@ def test_meta_gradient_float32_seed_cnn_default_settings():
     batch = random_batch(T=2, S=5, Q=5, size=16)
     algo = fewseg.create_algorithm("maml", model, inner_steps=5, inner_lr=0.01)
     _, ref = unrolled_meta_grad(model, batch, steps=5, lr=0.01)
-    algo.outer_loss(batch).backward()
+    algo.outer_loss(batch, iteration=0).backward()
     assert_close_rel(grads_of(model), ref, rtol=1e-5)
 
 
@@ -91,7 +91,7 @@ def test_meta_gradient_matches_central_finite_differences():
                                 torch.nn.Conv2d(2, 1, 1)).double()
     batch = random_batch(T=2, S=2, Q=2, size=6, dtype=torch.float64)
     algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.5)
-    algo.outer_loss(batch).backward()
+    algo.outer_loss(batch, iteration=0).backward()
     analytic = torch.cat([p.grad.flatten() for p in model.parameters()])
     numeric = []
     eps = 1e-6
@@ -101,9 +101,9 @@ def test_meta_gradient_matches_central_finite_differences():
             for i in range(flat.numel()):
                 old = flat[i].item()
                 flat[i] = old + eps
-                plus = algo.outer_loss(batch).item()
+                plus = algo.outer_loss(batch, iteration=0).item()
                 flat[i] = old - eps
-                minus = algo.outer_loss(batch).item()
+                minus = algo.outer_loss(batch, iteration=0).item()
                 flat[i] = old
                 numeric.append((plus - minus) / (2 * eps))
     numeric = torch.tensor(numeric, dtype=torch.float64)
@@ -116,7 +116,7 @@ def test_first_order_gradient_is_query_gradient_at_adapted_weights(name, kwargs)
     model = fewseg.create_model("seed-cnn", width=4).double()
     batch = random_batch(T=2, dtype=torch.float64)
     algo = fewseg.create_algorithm(name, model, inner_steps=3, inner_lr=0.2, **kwargs)
-    algo.outer_loss(batch).backward()
+    algo.outer_loss(batch, iteration=0).backward()
     expected = [torch.zeros_like(p) for p in model.parameters()]
     for t in range(batch.num_tasks):
         adapted = algo.adapt(batch.support_x[t], batch.support_y[t], steps=3)
@@ -147,8 +147,8 @@ def test_ignored_pixels_do_not_change_the_meta_loss():
     model = fewseg.create_model("seed-cnn", width=4)
     batch = random_batch(T=2, ignore=True)
     algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.1)
-    base = algo.outer_loss(batch).item()
+    base = algo.outer_loss(batch, iteration=0).item()
     flipped = fewseg.MetaBatch(batch.support_x, torch.where(batch.support_ignore, 1 - batch.support_y, batch.support_y),
                                batch.query_x, torch.where(batch.query_ignore, 1 - batch.query_y, batch.query_y),
                                batch.support_ignore, batch.query_ignore)
-    assert abs(algo.outer_loss(flipped).item() - base) < 1e-6
+    assert abs(algo.outer_loss(flipped, iteration=0).item() - base) < 1e-6

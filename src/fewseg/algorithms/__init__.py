@@ -1,5 +1,6 @@
 """The MAML family. Importing this package registers every algorithm."""
 from fewseg.algorithms import anil, maml, mamlpp, metasgd, mrmaml, reptile  # noqa: F401  (registers)
-from fewseg.algorithms.base import Adapted, MetaAlgorithm
+from fewseg.algorithms.adapted import Adapted
+from fewseg.algorithms.base import MetaAlgorithm
 
 __all__ = ["Adapted", "MetaAlgorithm"]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from fewseg.algorithms.base import Adapted, MetaAlgorithm
+from fewseg.algorithms.adapted import Adapted
+from fewseg.algorithms.base import MetaAlgorithm
 from fewseg.algorithms.inner_loop import inner_loop
 from fewseg.data.episode import Episode
 from fewseg.registry import ALGORITHMS
@@ -24,16 +25,16 @@ class ANIL(MetaAlgorithm):
     (default: the model's ``head_prefix``, e.g. ``"4."`` for seed-cnn, ``"head."`` for unet)."""
 
     name = "anil"
-    supports_inner_checkpoint = False  # its head-only graph is already small
+    OPTIONS = (MetaAlgorithm.OPTIONS - {"inner_checkpoint", "checkpoint_images"}) | {"cache_features"}  # small graph
 
-    def __init__(self, model, adapt_pattern: str | None = None, cache_features: bool = True, **kwargs):
+    def __init__(self, model, adapt_pattern: str | None = None, cache_features: bool = True, **options):
         if adapt_pattern is None:
             prefix = getattr(model, "head_prefix", None)
             if prefix is None:
                 last = [n for n, _ in model.named_parameters()][-1].rsplit(".", 1)[0]
                 prefix = last + "."
             adapt_pattern = "^" + prefix.replace(".", r"\.")
-        super().__init__(model, adapt_pattern=adapt_pattern, **kwargs)
+        super().__init__(model, adapt_pattern=adapt_pattern, **options)
         prefix = getattr(model, "head_prefix", None)
         head_names = [n for n, _ in model.named_parameters() if prefix and n.startswith(prefix)]
         self.head_prefix = prefix
@@ -54,13 +55,13 @@ class ANIL(MetaAlgorithm):
                           lambda k, n: lr_for(k, self.head_prefix + n), self.loss_fn, create_graph=create_graph,
                           keep_graph=keep_graph, functional_grad=functional_grad, proximal=self.proximal)
 
-    def _task_loss(self, forward, params, ep: Episode, functional_grad: bool) -> torch.Tensor:
+    def task_loss(self, forward, params, ep: Episode, iteration: int, functional_grad: bool) -> torch.Tensor:
         if not self.cache_features:
-            return super()._task_loss(forward, params, ep, functional_grad)
+            return super().task_loss(forward, params, ep, iteration, functional_grad)
         feats_s = self.model.features(ep.support_x)   # [S,C,H,W], once per task
         feats_q = self.model.features(ep.query_x)     # [Q,C,H,W]
         trajectory = self._head_loop(params, feats_s, ep.support_y, ep.support_ignore, self.inner_steps,
-                                     self.lr_for, self.use_second_order(), True, functional_grad)
+                                     self.lr_for, self.use_second_order(iteration), True, functional_grad)
         return self.loss_fn(self._head_forward()(trajectory[-1], feats_q), ep.query_y, ep.query_ignore)
 
     def adapt(self, support_x, support_y, steps=None, lr=None, support_ignore=None) -> Adapted:

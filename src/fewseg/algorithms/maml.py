@@ -7,7 +7,7 @@ from fewseg.registry import ALGORITHMS
 
 @ALGORITHMS.register("maml")
 class MAML(MetaAlgorithm):
-    """Second-order MAML by default; ``first_order=True`` is FOMAML."""
+    """Second-order MAML by default; ``first_order=True`` drops the second-order terms."""
 
     name = "maml"
 
@@ -17,7 +17,5 @@ class FOMAML(MetaAlgorithm):
     """First-order MAML: the meta-gradient is the query-loss gradient at the adapted weights."""
 
     name = "fomaml"
-
-    def __init__(self, model, **kwargs):
-        kwargs["first_order"] = True
-        super().__init__(model, **kwargs)
+    OPTIONS = MetaAlgorithm.OPTIONS - {"first_order"}
+    FIXED = {"first_order": True}

@@ -18,10 +18,9 @@ from torch import nn
 from fewseg.algorithms.base import MetaAlgorithm
 from fewseg.algorithms.base import param_key as _key
 from fewseg.algorithms.inner_loop import Params
+from fewseg.algorithms.norms import NORM_TYPES
 from fewseg.data.episode import Episode
 from fewseg.registry import ALGORITHMS
-
-NORM_TYPES = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.InstanceNorm2d)
 
 
 def step_loss_weights(steps: int, iteration: int, anneal_iterations: int) -> list[float]:
@@ -49,13 +48,18 @@ class MAMLPlusPlus(MetaAlgorithm):
     """MAML with the MAML++ stabilisers; all on by default, each one off by its option."""
 
     name = "maml++"
+    OPTIONS = MetaAlgorithm.OPTIONS | {"multi_step_loss", "msl_iterations", "learned_rates",
+                                       "first_order_iterations", "per_step_norm"}
 
     def __init__(self, model, multi_step_loss: bool = True, msl_iterations: int = 100,
                  learned_rates: bool = True, first_order_iterations: int = 50, per_step_norm: bool = True,
-                 **kwargs):
-        super().__init__(model, **kwargs)
+                 **options):
+        super().__init__(model, **options)
         if msl_iterations < 0 or first_order_iterations < 0:
             raise ValueError("msl_iterations and first_order_iterations must be >= 0")
+        if self.first_order and first_order_iterations != 50:
+            raise ValueError("first_order_iterations (derivative-order annealing) does not apply with "
+                             "first_order=True (every iteration is first order)")
         self.multi_step_loss, self.msl_iterations = bool(multi_step_loss), int(msl_iterations)
         self.learned_rates, self.first_order_iterations = bool(learned_rates), int(first_order_iterations)
         self.per_step_norm = bool(per_step_norm)
@@ -83,8 +87,8 @@ class MAMLPlusPlus(MetaAlgorithm):
         rates = self.step_rates[_key(name)]
         return rates[min(step, rates.shape[0] - 1)]
 
-    def use_second_order(self) -> bool:
-        return not self.first_order and self.iteration >= self.first_order_iterations
+    def use_second_order(self, iteration: int) -> bool:
+        return not self.first_order and iteration >= self.first_order_iterations
 
     def step_params(self, step: int) -> Params:
         if not self.norm_names:
@@ -92,11 +96,11 @@ class MAMLPlusPlus(MetaAlgorithm):
         k = min(step, self.inner_steps)
         return {n: self.step_norms[_key(n)][k] for n in self.norm_names}
 
-    def query_loss(self, forward, trajectory: list[Params], ep: Episode) -> torch.Tensor:
+    def query_loss(self, forward, trajectory: list[Params], ep: Episode, iteration: int) -> torch.Tensor:
         K = len(trajectory) - 1
-        if not (self.multi_step_loss and self.training and K > 0 and self.iteration < self.msl_iterations):
-            return super().query_loss(forward, trajectory, ep)
-        weights = step_loss_weights(K, self.iteration, self.msl_iterations)
+        if not (self.multi_step_loss and self.training and K > 0 and iteration < self.msl_iterations):
+            return super().query_loss(forward, trajectory, ep, iteration)
+        weights = step_loss_weights(K, iteration, self.msl_iterations)
         return sum(w * self.loss_fn(forward(self.at_step(trajectory[k + 1], k + 1), ep.query_x), ep.query_y,
                                     ep.query_ignore)
                    for k, w in enumerate(weights))

@@ -17,9 +17,10 @@ class MetaSGD(MetaAlgorithm):
     """
 
     name = "meta-sgd"
+    OPTIONS = MetaAlgorithm.OPTIONS | {"per_tensor"}
 
-    def __init__(self, model, per_tensor: bool = False, **kwargs):
-        super().__init__(model, **kwargs)
+    def __init__(self, model, per_tensor: bool = False, **options):
+        super().__init__(model, **options)
         params = dict(model.named_parameters())
         self.rates = nn.ParameterDict({
             rate_key(n): nn.Parameter(torch.full(() if per_tensor else params[n].shape, self.inner_lr,

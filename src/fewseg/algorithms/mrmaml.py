@@ -8,8 +8,8 @@ loss: an information bottleneck on what the shared weights can memorise about th
 that the task information has to come from the support set through the adapted weights.
 
 Every task draws theta_s = mu + sigma * eps (one draw per task with the per-task loop, one per vmap chunk);
-at test time theta_s = mu. The noise comes from a generator seeded by (noise_seed, iteration, chunk), so a
-resumed run draws the same noise.
+at test time theta_s = mu. The noise comes from a generator seeded by (noise_seed, outer iteration, pass), the
+iteration being the explicit argument of ``meta_backward``, so a resumed run draws the same noise.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from torch import nn
 
 from fewseg.algorithms.base import MetaAlgorithm
 from fewseg.algorithms.base import param_key as _key
-from fewseg.data.episode import MetaBatch
 from fewseg.registry import ALGORITHMS
 
 
@@ -39,10 +38,11 @@ class MRMAML(MetaAlgorithm):
     """MAML whose non-adapted block ``stochastic_pattern`` is Gaussian with a KL penalty ``kl_weight``."""
 
     name = "mr-maml"
+    OPTIONS = MetaAlgorithm.OPTIONS | {"stochastic_pattern", "kl_weight", "init_log_sigma", "noise_seed"}
 
     def __init__(self, model, stochastic_pattern: str | None = None, kl_weight: float = 1e-4,
-                 init_log_sigma: float = -6.0, noise_seed: int = 0, **kwargs):
-        super().__init__(model, **kwargs)
+                 init_log_sigma: float = -6.0, noise_seed: int = 0, **options):
+        super().__init__(model, **options)
         names = [n for n, _ in model.named_parameters()]
         pattern = stochastic_pattern or first_block_pattern(names)
         self.stochastic_names = [n for n in names if re.search(pattern, n)]
@@ -57,27 +57,21 @@ class MRMAML(MetaAlgorithm):
         params = dict(model.named_parameters())
         self.log_sigma = nn.ParameterDict({_key(n): nn.Parameter(torch.full_like(params[n].detach(), init_log_sigma))
                                            for n in self.stochastic_names})
-        self._draws = 0  # draws within the current iteration (reset by meta_backward)
 
-    def _noise_generator(self) -> torch.Generator:
-        g = torch.Generator()
-        g.manual_seed(self.noise_seed * 1_000_003 + self.iteration * 1_009 + self._draws)
-        self._draws += 1
-        return g
+    def noise_generator(self, iteration: int, draw: int) -> torch.Generator:
+        """The generator of pass ``draw`` (a task, or a vmap chunk) of outer ``iteration``."""
+        return torch.Generator().manual_seed(self.noise_seed * 1_000_003 + iteration * 1_009 + draw)
 
-    def params_and_forward(self):
+    def task_params(self, iteration: int, draw: int):
         """Posterior samples of the stochastic block while training; the means otherwise."""
+        params, forward = self.params_and_forward()
         if not self.training:
-            return self.mean_params_and_forward()
-        params, forward = self.mean_params_and_forward()
-        g = self._noise_generator()
+            return params, forward
+        g = self.noise_generator(iteration, draw)
         for n in self.stochastic_names:
             eps = torch.randn(params[n].shape, generator=g).to(params[n])
             params[n] = params[n] + self.log_sigma[_key(n)].exp() * eps
         return params, forward
-
-    def mean_params_and_forward(self):
-        return super().params_and_forward()
 
     def kl(self) -> torch.Tensor:
         """KL(N(mu, sigma^2) || N(0, 1)) summed over the stochastic weights."""
@@ -90,14 +84,6 @@ class MRMAML(MetaAlgorithm):
 
     def outer_regulariser(self) -> torch.Tensor | None:
         return self.kl_weight * self.kl() if self.kl_weight > 0 else None
-
-    def meta_backward(self, batch: MetaBatch) -> dict:
-        self._draws = 0
-        return super().meta_backward(batch)
-
-    def outer_loss(self, batch: MetaBatch) -> torch.Tensor:
-        self._draws = 0
-        return super().outer_loss(batch)
 
     def extra_state(self) -> dict:
         state = super().extra_state()

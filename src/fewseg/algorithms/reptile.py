@@ -1,15 +1,19 @@
-"""Reptile (Nichol et al., 2018): theta <- theta + epsilon * mean_i(phi_i - theta).
+"""Reptile (Nichol et al., 2018): theta <- theta + epsilon * sum_i w_i (phi_i - theta), w uniform by default.
 
-``meta_backward`` writes the pseudo-gradient theta - mean_i(phi_i) into ``.grad``; an outer SGD step with
+``meta_backward`` writes the pseudo-gradient theta - sum_i w_i phi_i into ``.grad``; an outer SGD step with
 rate epsilon (``train.outer_optimizer: sgd``, ``train.outer_lr: epsilon``) is then exactly the Reptile update.
-The inner loop runs on each task's support and query images together (Reptile has no query loss).
+The inner loop runs on each task's support and query images together (Reptile has no query loss), tasks one at a
+time, first order by nature: the options that shape a second-order graph (strategy, task_chunk, proximal,
+inner_checkpoint, weight_grad) are refused. At test time the same inner optimiser adapts.
 """
 from __future__ import annotations
 
 import torch
 
+from fewseg.algorithms.adapted import Adapted
 from fewseg.algorithms.base import MetaAlgorithm
 from fewseg.algorithms.inner_loop import inner_loop
+from fewseg.choices import INNER_OPTIMIZERS
 from fewseg.data.episode import MetaBatch
 from fewseg.registry import ALGORITHMS
 
@@ -19,17 +23,32 @@ class Reptile(MetaAlgorithm):
     """Reptile with an SGD (default) or Adam inner optimiser (``inner_optimizer``)."""
 
     name = "reptile"
-    supports_inner_checkpoint = False  # first order: no inner-loop graph
+    OPTIONS = frozenset({"inner_steps", "inner_lr", "loss", "eval_steps", "adapt_pattern", "batchnorm",
+                         "task_weighting", "weight_temperature", "frequency_power", "inner_optimizer"})
+    FIXED = {"first_order": True, "strategy": "loop"}
 
-    def __init__(self, model, inner_optimizer: str = "sgd", **kwargs):
-        kwargs["first_order"] = True
-        super().__init__(model, **kwargs)
-        if inner_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"inner_optimizer must be 'sgd' or 'adam', got {inner_optimizer!r}")
+    def __init__(self, model, inner_optimizer: str = "sgd", **options):
+        super().__init__(model, **options)
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner_optimizer!r}")
         self.inner_optimizer = inner_optimizer
 
-    def adapted_weights(self, batch: MetaBatch) -> tuple[list[dict], list[float]]:
-        """phi_i for every task (no graph) and each task's loss after adaptation."""
+    def _steps(self, params, forward, x, y, ign, steps: int, lr_for) -> dict:
+        """``steps`` steps of the inner optimiser from ``params`` (no graph); the adapted weights."""
+        if self.inner_optimizer == "sgd":
+            return inner_loop(forward, params, self.adapt_names, x, y, ign, steps, lr_for, self.loss_fn,
+                              create_graph=False, keep_graph=False)[-1]
+        phi = {n: p.detach().clone().requires_grad_(n in self.adapt_names) for n, p in params.items()}
+        opt = torch.optim.Adam([phi[n] for n in self.adapt_names], lr=float(lr_for(0, self.adapt_names[0])))
+        with torch.enable_grad():
+            for _ in range(steps):
+                opt.zero_grad()
+                self.loss_fn(forward(phi, x), y, ign).backward()
+                opt.step()
+        return phi
+
+    def adapted_weights(self, batch: MetaBatch) -> tuple[list[dict], torch.Tensor]:
+        """phi_i for every task (no graph) and each task's loss [T] after adaptation."""
         params, forward = self.params_and_forward()
         phis, losses = [], []
         for i in range(batch.num_tasks):
@@ -37,40 +56,36 @@ class Reptile(MetaAlgorithm):
             x = torch.cat([ep.support_x, ep.query_x])
             y = torch.cat([ep.support_y, ep.query_y])
             ign = None if ep.support_ignore is None else torch.cat([ep.support_ignore, ep.query_ignore])
-            if self.inner_optimizer == "sgd":
-                phi = inner_loop(forward, params, self.adapt_names, x, y, ign, self.inner_steps, self.lr_for,
-                                 self.loss_fn, create_graph=False, keep_graph=False)[-1]
-            else:
-                phi = self._adam_steps(forward, params, x, y, ign)
+            phi = self._steps(params, forward, x, y, ign, self.inner_steps, self.lr_for)
             with torch.no_grad():
                 losses.append(float(self.loss_fn(forward(phi, x), y, ign)))
             phis.append({n: phi[n].detach() for n in self.adapt_names})
-        return phis, losses
+        return phis, torch.tensor(losses, dtype=torch.float64)  # exact weights (1/3, not float32's)
 
-    def _adam_steps(self, forward, params, x, y, ign) -> dict:
-        phi = {n: p.detach().clone().requires_grad_(n in self.adapt_names) for n, p in params.items()}
-        opt = torch.optim.Adam([phi[n] for n in self.adapt_names], lr=self.inner_lr)
-        with torch.enable_grad():
-            for _ in range(self.inner_steps):
-                opt.zero_grad()
-                self.loss_fn(forward(phi, x), y, ign).backward()
-                opt.step()
-        return phi
-
-    def outer_loss(self, batch: MetaBatch) -> torch.Tensor:
-        """Surrogate 1/2 ||theta - mean(phi)||^2: its gradient is the Reptile pseudo-gradient."""
-        phis, _ = self.adapted_weights(batch)
+    def outer_loss(self, batch: MetaBatch, *, iteration: int) -> torch.Tensor:
+        """Surrogate 1/2 ||theta - sum_i w_i phi_i||^2: its gradient is the Reptile pseudo-gradient."""
+        phis, losses = self.adapted_weights(batch)
+        w = self.weighting(losses, batch.class_ids).detach()
         params = dict(self.model.named_parameters())
-        return sum(0.5 * ((params[n] - torch.stack([p[n] for p in phis]).mean(0)) ** 2).sum()
+        return sum(0.5 * ((params[n] - sum(float(w[i]) * phi[n] for i, phi in enumerate(phis))) ** 2).sum()
                    for n in self.adapt_names)
 
-    def meta_backward(self, batch: MetaBatch) -> dict:
-        """Pseudo-gradient theta - sum_i w_i phi_i (w: ``task_weights`` of the adapted losses, uniform by default)."""
+    def meta_backward(self, batch: MetaBatch, *, iteration: int) -> dict:
+        """Pseudo-gradient theta - sum_i w_i phi_i into ``.grad`` (w: the task weights of the adapted losses)."""
         phis, losses = self.adapted_weights(batch)
-        w = self.task_weights(torch.tensor(losses), batch.class_ids).detach()
+        w = self.weighting(losses, batch.class_ids).detach()
         for n, p in self.model.named_parameters():
             if n in self.adapt_names:
                 mean_phi = sum(float(w[i]) * phi[n] for i, phi in enumerate(phis))
                 pseudo = p.detach() - mean_phi
                 p.grad = pseudo if p.grad is None else p.grad + pseudo
-        return {"loss": float((w * torch.tensor(losses)).sum()), "task_losses": losses, "task_weights": w.tolist()}
+        return {"loss": float((w * losses).sum()), "task_losses": losses.tolist(), "task_weights": w.tolist()}
+
+    def adapt(self, support_x, support_y, steps=None, lr=None, support_ignore=None) -> Adapted:
+        if self.inner_optimizer == "sgd":
+            return super().adapt(support_x, support_y, steps, lr, support_ignore)
+        support_y, support_ignore, steps, rates = self._adapt_inputs(support_x, support_y, steps, lr, support_ignore)
+        params, forward = self.params_and_forward()
+        rate = self.inner_lr if lr is None else lr
+        phi = self._steps(params, forward, support_x, support_y, support_ignore, steps, lambda k, n: rate)
+        return Adapted(forward, {n: p.detach() for n, p in phi.items()})

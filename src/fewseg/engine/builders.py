@@ -36,17 +36,18 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
     return _create(MODELS, "model", cfg.name, **cfg.options)
 
 
-def build_algorithm(cfg: AlgorithmConfig, model: torch.nn.Module):
+def build_algorithm(cfg: AlgorithmConfig, model: torch.nn.Module, class_counts: dict[int, int] | None = None):
+    """The algorithm of ``cfg`` around ``model``; ``class_counts`` (images per training class) for weighting."""
     kwargs = {"inner_steps": cfg.inner_steps, "inner_lr": cfg.inner_lr, "first_order": cfg.first_order,
               "loss": cfg.loss, "strategy": cfg.strategy, "task_chunk": cfg.task_chunk, "eval_steps": cfg.eval_steps}
     kwargs.update(cfg.options)
-    return _create(ALGORITHMS, "algorithm", cfg.name, model, **kwargs)
+    return _create(ALGORITHMS, "algorithm", cfg.name, model, class_counts=class_counts, **kwargs)
 
 
-def build_all(cfg: Config, device: torch.device | None = None):
+def build_all(cfg: Config, device: torch.device | None = None, class_counts: dict[int, int] | None = None):
     """(model, algorithm) on ``device``, model initialised from ``cfg.seed`` with a local generator."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model)
-    algo = build_algorithm(cfg.algorithm, model)
+    algo = build_algorithm(cfg.algorithm, model, class_counts)
     return model, algo.to(device or torch.device(cfg.device))

@@ -54,13 +54,12 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.out = Path(cfg.output)
         self.progress = progress
-        self.model, self.algo = build_all(cfg, self.device)
         self.train_set = build_dataset(cfg.data, "train", cfg.seed)
         self.val_set = build_dataset(cfg.data, "val", cfg.seed)
         self.sampler = EpisodeSampler(self.train_set, cfg.train.shots, cfg.train.queries,
                                       seed=cfg.seed + cfg.train.data_seed_offset, augment=make_augment(cfg),
                                       class_sampling=cfg.train.class_sampling)
-        self.algo.class_counts = self.sampler.class_counts()
+        self.model, self.algo = build_all(cfg, self.device, class_counts=self.sampler.class_counts())
         self.val_episodes = EpisodeSampler(self.val_set, cfg.train.shots, cfg.train.queries,
                                            seed=cfg.seed + 1).fixed_episodes(cfg.train.val_episodes)
         params = list(self.algo.parameters())
@@ -106,7 +105,6 @@ class Trainer:
         self.iteration = int(ckpt.meta["iteration"])
         self.best_val = float(ckpt.meta["best_val_miou"])
         self.last_val = ckpt.meta.get("last_val_miou")
-        self.algo.iteration = self.iteration
         log = self.out / "log.jsonl"
         if log.exists():  # drop lines written after the checkpoint
             lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["iteration"] <= self.iteration]
@@ -142,10 +140,9 @@ class Trainer:
                 lr = outer_lr_at(cfg, self.iteration)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                self.algo.iteration = self.iteration
                 self.optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16"):
-                    logs = self.algo.meta_backward(batch)
+                    logs = self.algo.meta_backward(batch, iteration=self.iteration)
                 self._check_finite(logs["loss"])
                 grad_norm = self._clip()
                 with delay_keyboard_interrupt():

@@ -1,0 +1,35 @@
+"""A network with task-adapted weights: what adaptation returns and what predicts new images.
+
+Example:
+    >>> algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn"), inner_steps=1)
+    >>> adapted = algo.adapt(torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float())
+    >>> adapted.predict(torch.rand(3, 3, 16, 16)).shape
+    torch.Size([3, 1, 16, 16])
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from fewseg.algorithms.inner_loop import Params
+from fewseg.data.episode import check_images
+
+
+@dataclass
+class Adapted:
+    """``predict(images [N,3,H,W]) -> [N,1,H,W]`` foreground probabilities, ``chunk`` images per forward."""
+
+    forward: Callable[[Params, torch.Tensor], torch.Tensor]
+    params: Params
+    chunk: int = 16
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        check_images("images", images, 4)
+        return torch.cat([self.forward(self.params, images[i:i + self.chunk])
+                          for i in range(0, images.shape[0], self.chunk)])
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(images))
