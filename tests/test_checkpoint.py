@@ -6,7 +6,6 @@ import pickle
 import signal
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,10 +14,6 @@ from fewseg.engine.checkpoint import (
     Checkpoint,
     delay_keyboard_interrupt,
     load_checkpoint,
-    numpy_rng_state_from_json,
-    numpy_rng_state_to_json,
-    rng_state_from_json,
-    rng_state_to_json,
     save_checkpoint,
 )
 from fewseg.errors import CheckpointError
@@ -95,26 +90,6 @@ def test_adam_state_and_generator_state_round_trip(tmp_path):
         o.step()
     for p, q in zip(model.parameters(), fresh.parameters()):
         assert torch.equal(p, q)
-
-
-def test_rng_states_as_json_in_meta(tmp_path):
-    gen = torch.Generator().manual_seed(7)
-    torch.rand(2, generator=gen)
-    rng = np.random.default_rng(7)
-    rng.random()
-    mt = np.random.Generator(np.random.MT19937(3))  # state holds an ndarray
-    meta = {"torch_rng": rng_state_to_json(gen), "numpy_rng": numpy_rng_state_to_json(rng),
-            "mt_rng": numpy_rng_state_to_json(mt)}
-    assert all(isinstance(v, int) and 0 <= v < 256 for v in meta["torch_rng"])
-    save_checkpoint(tmp_path / "ck", {"w": torch.ones(1)}, meta)
-    loaded = load_checkpoint(tmp_path / "ck").meta
-    assert torch.equal(torch.rand(4, generator=rng_state_from_json(loaded["torch_rng"])),
-                       torch.rand(4, generator=gen))
-    target = torch.Generator()
-    assert rng_state_from_json(loaded["torch_rng"], target) is target
-    assert numpy_rng_state_from_json(loaded["numpy_rng"]).random(3).tolist() == rng.random(3).tolist()
-    assert numpy_rng_state_from_json(loaded["mt_rng"]).integers(0, 1000, 5).tolist() == \
-        mt.integers(0, 1000, 5).tolist()
 
 
 def test_garbage_weights_file_names_it(tmp_path):
@@ -298,6 +273,3 @@ def test_cuda_tensors_are_saved_on_cpu(tmp_path):  # pragma: no cover - GPU only
     save_checkpoint(tmp_path / "ck", {"w": torch.arange(3.0, device="cuda")}, {})
     w = load_checkpoint(tmp_path / "ck").tensors["w"]
     assert w.device.type == "cpu" and w.tolist() == [0.0, 1.0, 2.0]
-    g = torch.Generator(device="cuda").manual_seed(1)
-    state = rng_state_to_json(g)
-    assert torch.equal(rng_state_from_json(state, torch.Generator(device="cuda")).get_state(), g.get_state())

@@ -561,8 +561,7 @@ def test_real_ccp_meta_train_then_cross_dataset_camvid_at_original_resolution(tm
     from fewseg.config import load_config
     from fewseg.engine.session import evaluate_checkpoint
     from fewseg.engine.trainer import Trainer
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "ccp_maml.yaml"
-    cfg = load_config(recipe, [f"data.root={CCP}", "data.image_size=32", "train.iterations=2", "train.val_every=2",
+    cfg = load_config("ccp_maml", [f"data.root={CCP}", "data.image_size=32", "train.iterations=2", "train.val_every=2",
                                "train.val_episodes=2", f"output={tmp_path}"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

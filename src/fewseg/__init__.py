@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fewseg import algorithms as _algorithms  # noqa: F401  (registers algorithms)
+from fewseg import baselines as _baselines  # noqa: F401  (registers baselines)
 from fewseg import models as _models  # noqa: F401  (registers models)
 from fewseg.algorithms.base import Adapted, MetaAlgorithm
 from fewseg.data import register_datasets as _register_datasets
@@ -20,9 +21,9 @@ from fewseg.data.base import Record, Sample, SegmentationDataset
 from fewseg.data.episode import Episode, MetaBatch, collate
 from fewseg.data.sampler import EpisodeSampler
 from fewseg.errors import CheckpointError, ConfigError, DataError, FewsegError, TrainingError
-from fewseg.registry import ALGORITHMS, DATASETS, MODELS
+from fewseg.registry import ALGORITHMS, BASELINES, DATASETS, MODELS
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place of the version (pyproject.toml reads it)
 _register_datasets()
 
 
@@ -42,6 +43,11 @@ def list_algorithms() -> list[str]:
 def create_algorithm(name: str, model, **kwargs: Any) -> MetaAlgorithm:
     """A registered meta-learning algorithm wrapping ``model`` (e.g. "maml", "fomaml")."""
     return ALGORITHMS.create(name, model, **kwargs)
+
+
+def list_baselines() -> list[str]:
+    """The baselines of ``fewseg evaluate --baselines`` and the demo, in the order they run."""
+    return BASELINES.names()
 
 
 def list_datasets() -> list[str]:
@@ -72,6 +78,7 @@ __all__ = [
     "create_dataset",
     "create_model",
     "list_algorithms",
+    "list_baselines",
     "list_datasets",
     "list_models",
 ]

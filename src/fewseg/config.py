@@ -1,9 +1,12 @@
 """Configs: dataclasses loaded from YAML, with dotted overrides (``train.iterations=200``).
 
-Unknown keys and values of the wrong type fail at once with the key named.
+Unknown keys and values of the wrong type fail at once with the key named. Every field carries its
+meaning (``metadata["help"]``), from which :func:`config_reference` builds the Markdown table that
+``fewseg config`` prints. ``--config`` takes a YAML path or the name of a recipe shipped in
+``fewseg/configs`` (:mod:`fewseg.recipes`).
 
 Example:
-    >>> cfg = load_config("configs/synthetic_maml.yaml", ["train.iterations=50", "algorithm.inner_lr=0.1"])
+    >>> cfg = load_config("synthetic_maml", ["train.iterations=50", "algorithm.inner_lr=0.1"])
     >>> cfg.train.iterations
     50
 """
@@ -19,82 +22,105 @@ from typing import Any
 
 import yaml
 
+from fewseg.choices import AUTOCAST, CLASS_SAMPLING, OUTER_OPTIMIZERS, SCHEDULES, STRATEGIES
 from fewseg.errors import ConfigError
+from fewseg.recipes import resolve_recipe
+
+# Keys removed since, which configs stored in older checkpoints (meta.json) still hold: dropped on reading them.
+LEGACY_KEYS = frozenset({"eval.steps", "eval.baselines"})
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its meaning (shown by ``fewseg config``); list/dict defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls: type, help: str) -> Any:
+    """A nested config section (a dataclass) with its meaning."""
+    return field(default_factory=cls, metadata={"help": help})
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(values)
 
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"
-    root: str | None = None          # dataset folder (real datasets)
-    image_size: int = 64
-    options: dict = field(default_factory=dict)  # extra dataset kwargs (fold, n_folds, min_foreground, resize, ...)
-    augment: bool = False            # joint flips/scale/colour on training episodes
+    name: str = setting("synthetic", "dataset name (`fewseg list` shows them)")
+    root: str | None = setting(None, "dataset folder (real datasets); null: the dataset's default location")
+    image_size: int = setting(64, "images and masks are resized to image_size x image_size (at least 8)")
+    options: dict = setting({}, "extra dataset keyword arguments (fold, n_folds, min_foreground, resize, ...)")
+    augment: bool = setting(False, "joint flips, scale and colour jitter on training episodes")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "seed-cnn"
-    options: dict = field(default_factory=dict)  # model kwargs, e.g. {depth: 3, width: 16}
+    name: str = setting("seed-cnn", "network name (`fewseg list` shows them)")
+    options: dict = setting({}, "network keyword arguments, e.g. {depth: 3, width: 16}")
 
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "maml"
-    inner_steps: int = 5
-    inner_lr: float = 0.01
-    first_order: bool = False
-    loss: str = "bce"
-    strategy: str = "auto"           # auto | loop | vmap
-    task_chunk: int = 0              # tasks per vmap chunk (0 = all)
-    eval_steps: int | None = None    # inner steps at test time (default: inner_steps)
-    options: dict = field(default_factory=dict)  # algorithm-specific kwargs
+    name: str = setting("maml", "meta-learning algorithm (`fewseg list` shows them)")
+    inner_steps: int = setting(5, "inner SGD steps on the support set during meta-training")
+    inner_lr: float = setting(0.01, "inner-loop learning rate (> 0)")
+    first_order: bool = setting(False, "drop second-order terms of the meta-gradient (first-order MAML)")
+    loss: str = setting("bce", "segmentation loss, inner and outer (`fewseg list` shows them)")
+    strategy: str = setting("auto", f"how the tasks of a meta-step run: {_one_of(STRATEGIES)} "
+                                    "(auto picks per device)")
+    task_chunk: int = setting(0, "tasks per vmap chunk (0: all tasks at once)")
+    eval_steps: int | None = setting(None, "inner steps at test time (null: inner_steps)")
+    options: dict = setting({}, "algorithm-specific keyword arguments (e.g. task_weighting, inner_checkpoint)")
 
 
 @dataclass
 class TrainConfig:
-    iterations: int = 1000
-    meta_batch: int = 4
-    shots: int = 5
-    queries: int = 5
-    outer_lr: float = 1e-3
-    schedule: str = "constant"       # constant | cosine
-    outer_optimizer: str = "adam"    # adam | sgd (Reptile uses sgd: theta += lr * mean(phi - theta))
-    grad_clip: float = 10.0          # max global norm of the meta-gradient (0 = off)
-    val_every: int = 100
-    val_episodes: int = 60
-    checkpoint_every: int = 100
-    max_loss: float = 100.0          # a meta-loss above this (or NaN) stops training
-    data_seed_offset: int = 0
-    class_sampling: str = "uniform"  # uniform | images (classes drawn by image count: long-tailed)
-    autocast: str = "none"           # none | bf16 (torch.autocast around the meta-step; parameters stay fp32)
+    iterations: int = setting(1000, "meta-training iterations (outer steps)")
+    meta_batch: int = setting(4, "tasks (episodes) per meta-step")
+    shots: int = setting(5, "support images per training (and validation) task")
+    queries: int = setting(5, "query images per training (and validation) task")
+    outer_lr: float = setting(1e-3, "outer (meta) learning rate (> 0)")
+    schedule: str = setting("constant", f"outer learning-rate schedule: {_one_of(SCHEDULES)} "
+                                        "(cosine anneals to 1% of outer_lr)")
+    outer_optimizer: str = setting("adam", f"outer optimiser: {_one_of(OUTER_OPTIMIZERS)} (Reptile uses sgd)")
+    grad_clip: float = setting(10.0, "maximum global norm of the meta-gradient (0: no clipping)")
+    val_every: int = setting(100, "validate on the val classes every this many iterations")
+    val_episodes: int = setting(60, "validation episodes (fixed, seeded)")
+    checkpoint_every: int = setting(100, "write checkpoints/last every this many iterations")
+    max_loss: float = setting(100.0, "a meta-loss above this (or NaN) stops training")
+    data_seed_offset: int = setting(0, "added to seed for the training sampler (other episodes, same init)")
+    class_sampling: str = setting("uniform", f"how training classes are drawn: {_one_of(CLASS_SAMPLING)} "
+                                             "(images: by image count, long-tailed)")
+    autocast: str = setting("none", f"mixed precision around the meta-step: {_one_of(AUTOCAST)} "
+                                    "(parameters stay fp32)")
 
 
 @dataclass
 class EvalConfig:
-    shots: list = field(default_factory=lambda: [1, 5])
-    queries: int = 5
-    episodes: int = 300
-    steps: int | None = None         # inner steps at test time (default: the algorithm's eval_steps)
-    threshold: float = 0.5
-    baselines: list = field(default_factory=lambda: ["zero-shot", "random-init", "random-init-long",
-                                                      "transfer", "prototype"])
-    long_steps: int = 100
-    lr_select_episodes: int = 20     # validation episodes for choosing baseline fine-tuning rates
-    transfer_images: int = 0         # image passes for transfer pre-training (0 = same as meta-training)
-    full_resolution: bool = True     # real data: score at the label maps' own size (logits upsampled)
+    shots: list[int] = setting([1, 5], "support images per test episode, one table column group each "
+                                       "(`fewseg evaluate --shots` overrides)")
+    queries: int = setting(5, "query images per test episode (`fewseg evaluate --queries` overrides)")
+    episodes: int = setting(300, "test episodes per shot count (`fewseg evaluate --episodes` overrides)")
+    threshold: float = setting(0.5, "foreground probability above which a pixel is foreground (0 < t < 1)")
+    long_steps: int = setting(100, "Adam steps of the random-init-long baseline")
+    lr_select_episodes: int = setting(20, "validation episodes for choosing the baselines' fine-tuning rates")
+    transfer_images: int = setting(0, "image passes of transfer pre-training (0: as many as meta-training)")
+    full_resolution: bool = setting(True, "real data: score at the label maps' own size (logits upsampled)")
 
 
 @dataclass
 class Config:
-    name: str = "run"
-    seed: int = 0
-    device: str = "cpu"
-    output: str = "runs/run"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = setting("run", "the run's name")
+    seed: int = setting(0, "seeds the model initialisation and every episode sampler")
+    device: str = setting("cpu", "torch device, e.g. cpu or cuda")
+    output: str = setting("runs/run", "run directory: config.yaml, log.jsonl, checkpoints/")
+    data: DataConfig = section(DataConfig, "the dataset and its preprocessing")
+    model: ModelConfig = section(ModelConfig, "the network")
+    algorithm: AlgorithmConfig = section(AlgorithmConfig, "the meta-learning algorithm")
+    train: TrainConfig = section(TrainConfig, "meta-training")
+    eval: EvalConfig = section(EvalConfig, "few-shot evaluation on the test classes")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -161,8 +187,29 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def config_from_dict(data: dict, overrides: list[str] | tuple = ()) -> Config:
-    tree = copy.deepcopy(dict(data or {}))  # overrides never modify the caller's dict
+def migrate_stored(data: dict) -> dict:
+    """A copy of a config stored by an older fewseg (a checkpoint's meta.json) without the :data:`LEGACY_KEYS`.
+
+    Only stored configs go through this: a user's YAML holding a removed key fails like any unknown key.
+    """
+    tree = copy.deepcopy(dict(data or {}))
+    for dotted in LEGACY_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return tree
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple = (), stored: bool = False) -> Config:
+    """A validated :class:`Config` from a nested dict plus dotted overrides (the caller's dict is not modified).
+
+    stored: the dict was read back from a checkpoint (its ``meta.json``): keys removed since
+    (:data:`LEGACY_KEYS`) are dropped first (:func:`migrate_stored`).
+    """
+    tree = migrate_stored(data) if stored else copy.deepcopy(dict(data or {}))
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
@@ -172,12 +219,10 @@ def config_from_dict(data: dict, overrides: list[str] | tuple = ()) -> Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple = ()) -> Config:
-    """Read a YAML recipe (or defaults when ``path`` is None) and apply dotted overrides."""
+    """Read a YAML recipe (a path, or a shipped recipe's name; defaults when None) and apply dotted overrides."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found")
+        path = resolve_recipe(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -185,24 +230,95 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple = ()) -> C
     return config_from_dict(data, overrides)
 
 
+CHOICES = {"algorithm.strategy": STRATEGIES, "train.schedule": SCHEDULES, "train.outer_optimizer": OUTER_OPTIMIZERS,
+           "train.class_sampling": CLASS_SAMPLING, "train.autocast": AUTOCAST}
+
+
+def _value(cfg: Config, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def validate(cfg: Config) -> None:
-    """Value checks that types cannot express, naming the key."""
+    """Value checks that types cannot express, naming the key (and the allowed values of enumerated keys)."""
+    for key, allowed in CHOICES.items():
+        if _value(cfg, key) not in allowed:
+            raise ConfigError(f"config key {key!r} must be one of {', '.join(allowed)}; got {_value(cfg, key)!r}")
     checks = [
         ("train.iterations", cfg.train.iterations >= 0), ("train.meta_batch", cfg.train.meta_batch >= 1),
         ("train.shots", cfg.train.shots >= 1), ("train.queries", cfg.train.queries >= 1),
         ("train.outer_lr", cfg.train.outer_lr > 0), ("algorithm.inner_lr", cfg.algorithm.inner_lr > 0),
         ("algorithm.inner_steps", cfg.algorithm.inner_steps >= 0), ("data.image_size", cfg.data.image_size >= 8),
-        ("train.schedule", cfg.train.schedule in ("constant", "cosine")),
-        ("train.outer_optimizer", cfg.train.outer_optimizer in ("adam", "sgd")),
-        ("train.class_sampling", cfg.train.class_sampling in ("uniform", "images")),
-        ("train.autocast", cfg.train.autocast in ("none", "bf16")),
-        ("algorithm.strategy", cfg.algorithm.strategy in ("auto", "loop", "vmap")),
         ("eval.episodes", cfg.eval.episodes >= 1), ("train.val_every", cfg.train.val_every >= 1),
         ("eval.shots", all(isinstance(s, int) and s >= 1 for s in cfg.eval.shots)),
+        ("eval.queries", cfg.eval.queries >= 1), ("eval.threshold", 0 < cfg.eval.threshold < 1),
     ]
     for key, ok in checks:
         if not ok:
-            value = cfg.to_dict()
-            for part in key.split("."):
-                value = value[part]
-            raise ConfigError(f"config key {key!r} has a bad value: {value!r}")
+            raise ConfigError(f"config key {key!r} has a bad value: {_value(cfg, key)!r}")
+
+
+# --- the generated reference ---------------------------------------------------------------------------
+REFERENCE_START, REFERENCE_END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join("null" if t is type(None) else _type_name(t) for t in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return "list of " + ", ".join(_type_name(t) for t in typing.get_args(hint))
+    return {dict: "mapping"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
+
+def config_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, meaning) of every setting, sections expanded, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += config_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            rows.append((prefix + f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows
+
+
+def config_reference() -> str:
+    """A Markdown table of every config key: dotted name, type, default (as YAML) and meaning."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{key}` | {cell(kind)} | `{cell(_yaml_value(default))}` | {cell(meaning)} |"
+             for key, kind, default, meaning in config_keys()]
+    return "\n".join(rows)
+
+
+def write_reference(path: str | Path) -> bool:
+    """Replace the text between the config-reference markers in ``path`` by :func:`config_reference`.
+
+    Returns whether the file changed; a file without both markers is a :class:`ConfigError`.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    start, end = text.find(REFERENCE_START), text.find(REFERENCE_END)
+    if start < 0 or end < start:
+        raise ConfigError(f"{path} has no {REFERENCE_START} ... {REFERENCE_END} block to fill")
+    new = f"{text[:start + len(REFERENCE_START)]}\n{config_reference()}\n{text[end:]}"
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
+def reference_block(path: str | Path) -> str | None:
+    """The text between the config-reference markers of ``path`` (stripped), or None without them."""
+    text = Path(path).read_text(encoding="utf-8")
+    start, end = text.find(REFERENCE_START), text.find(REFERENCE_END)
+    return text[start + len(REFERENCE_START):end].strip() if 0 <= start < end else None
+

@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["BinaryStats", "IoUAccumulator", "all_reduce_accumulator", "binary_stats"]
+__all__ = ["BinaryStats", "IoUAccumulator", "binary_stats"]
 
 _Z95 = 1.96
 
@@ -119,9 +119,7 @@ class IoUAccumulator:
     """Per-class sums of fg/bg intersection and union, plus per-episode foreground IoU and Dice.
 
     Call :meth:`update` once per episode with the statistics of that episode's query images;
-    :meth:`summary` gives plain-Python metrics (definitions in the module docstring). Accumulators of
-    several workers combine with :meth:`merge` (or :func:`all_reduce_accumulator` under
-    torch.distributed); :meth:`state` / :meth:`from_state` round-trip through JSON.
+    :meth:`summary` gives plain-Python metrics (definitions in the module docstring).
 
     Example:
         >>> acc = IoUAccumulator()
@@ -176,53 +174,3 @@ class IoUAccumulator:
             "n_episodes": self.n_episodes,
             "n_classes": len(ious),
         }
-
-    def merge(self, other: IoUAccumulator) -> IoUAccumulator:
-        """Add ``other``'s counts and episodes into this accumulator (in place); returns ``self``."""
-        for c, r in other.sums.items():
-            row = self.sums.setdefault(c, [0.0, 0.0, 0.0, 0.0])
-            for i, v in enumerate(r):
-                row[i] += v
-        self.episode_iou.extend(other.episode_iou)
-        self.episode_dice.extend(other.episode_dice)
-        self.n_episodes += other.n_episodes
-        return self
-
-    def state(self) -> dict:
-        """A JSON-able snapshot of plain lists/floats (class ids become string keys)."""
-        return {"sums": {str(c): list(r) for c, r in self.sums.items()},
-                "episode_iou": list(self.episode_iou), "episode_dice": list(self.episode_dice),
-                "n_episodes": self.n_episodes}
-
-    @classmethod
-    def from_state(cls, state: dict) -> IoUAccumulator:
-        """The accumulator :meth:`state` described."""
-        acc = cls()
-        acc.sums = {int(c): [float(v) for v in r] for c, r in state["sums"].items()}
-        acc.episode_iou = [float(v) for v in state["episode_iou"]]
-        acc.episode_dice = [float(v) for v in state["episode_dice"]]
-        acc.n_episodes = int(state["n_episodes"])
-        return acc
-
-
-def all_reduce_accumulator(acc: IoUAccumulator) -> IoUAccumulator:
-    """The merge of every rank's accumulator (in rank order), on every rank.
-
-    A no-op returning ``acc`` when torch.distributed is unavailable or not initialised; otherwise the
-    ranks' :meth:`IoUAccumulator.state` are exchanged with ``torch.distributed.all_gather_object``.
-
-    Example:
-        >>> acc = IoUAccumulator()
-        >>> all_reduce_accumulator(acc) is acc   # single process
-        True
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return acc
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, acc.state())
-    merged = IoUAccumulator()
-    for state in gathered:
-        merged.merge(IoUAccumulator.from_state(state))
-    return merged

@@ -1,4 +1,4 @@
-"""One registry per kind of component (models, algorithms, datasets).
+"""One registry per kind of component (models, algorithms, datasets, baselines).
 
 Example:
     >>> from fewseg.registry import MODELS
@@ -12,10 +12,14 @@ from typing import Any
 
 
 class Registry:
-    """A name -> factory map with clear errors for unknown names."""
+    """A name -> factory map with clear errors for unknown names.
 
-    def __init__(self, kind: str):
+    ordered: :meth:`names` lists the names in registration order (else sorted).
+    """
+
+    def __init__(self, kind: str, ordered: bool = False):
         self.kind = kind
+        self.ordered = ordered
         self._factories: dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -28,7 +32,7 @@ class Registry:
         return decorator
 
     def names(self) -> list[str]:
-        return sorted(self._factories)
+        return list(self._factories) if self.ordered else sorted(self._factories)
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._factories:
@@ -42,3 +46,4 @@ class Registry:
 MODELS = Registry("model")
 ALGORITHMS = Registry("algorithm")
 DATASETS = Registry("dataset")
+BASELINES = Registry("baseline", ordered=True)  # evaluated (and listed) in registration order

@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from fewseg.choices import CLASS_SAMPLING
 from fewseg.data.base import SegmentationDataset
 from fewseg.data.episode import Episode, MetaBatch, collate
 from fewseg.errors import DataError
-
-CLASS_SAMPLING = ("uniform", "images")
 
 
 class EpisodeSampler:
@@ -35,7 +34,7 @@ class EpisodeSampler:
         if shots < 1 or queries < 1:
             raise ValueError(f"shots and queries must be >= 1, got shots={shots}, queries={queries}")
         if class_sampling not in CLASS_SAMPLING:
-            raise ValueError(f"class_sampling must be one of {CLASS_SAMPLING}, got {class_sampling!r}")
+            raise ValueError(f"class_sampling must be one of {', '.join(CLASS_SAMPLING)}; got {class_sampling!r}")
         self.class_sampling = class_sampling
         self.dataset, self.shots, self.queries, self.augment = dataset, shots, queries, augment
         self.generator = torch.Generator().manual_seed(seed)

@@ -1,8 +1,7 @@
 """Atomic, code-free checkpoints: a directory holding
 
     weights.safetensors   the tensors (safetensors: no pickle, no code)
-    meta.json             the caller's JSON-able metadata (config, iteration, RNG states as
-                          :func:`rng_state_to_json` lists, ...) plus
+    meta.json             the caller's JSON-able metadata (config, iteration, ...) plus
                           ``{"versions": {"fewseg", "torch", "python"}}``
     optimizer.pt          optional: optimizer state (and any other plain tensor/number/string dict),
                           read back with ``torch.load(weights_only=True)``
@@ -37,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -50,10 +48,6 @@ __all__ = [
     "Checkpoint",
     "delay_keyboard_interrupt",
     "load_checkpoint",
-    "numpy_rng_state_from_json",
-    "numpy_rng_state_to_json",
-    "rng_state_from_json",
-    "rng_state_to_json",
     "save_checkpoint",
 ]
 
@@ -108,77 +102,11 @@ def delay_keyboard_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-# --- RNG states as JSON ---------------------------------------------------------------------------------
-def rng_state_to_json(gen: torch.Generator) -> list[int]:
-    """A torch Generator's state (a uint8 tensor) as a JSON-able list of ints in 0..255.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0); s = rng_state_to_json(g); a = torch.rand(2, generator=g)
-        >>> torch.equal(torch.rand(2, generator=rng_state_from_json(s)), a)
-        True
-    """
-    return gen.get_state().tolist()
-
-
-def rng_state_from_json(state: list[int], gen: torch.Generator | None = None) -> torch.Generator:
-    """Set ``gen`` (default: a new CPU Generator) to a state from :func:`rng_state_to_json`; returns it."""
-    gen = torch.Generator() if gen is None else gen
-    gen.set_state(torch.tensor(state, dtype=torch.uint8))
-    return gen
-
-
-def _to_jsonable(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return {"__ndarray__": x.tolist(), "dtype": str(x.dtype)}
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, dict):
-        return {k: _to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_to_jsonable(v) for v in x]
-    return x
-
-
-def _from_jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        if "__ndarray__" in x:
-            return np.asarray(x["__ndarray__"], dtype=x["dtype"])
-        return {k: _from_jsonable(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_from_jsonable(v) for v in x]
-    return x
-
-
-def numpy_rng_state_to_json(rng: np.random.Generator) -> dict:
-    """A numpy Generator's ``bit_generator.state`` as a JSON-able dict (arrays become tagged lists).
-
-    Example:
-        >>> r = np.random.default_rng(0); s = numpy_rng_state_to_json(r); a = r.random()
-        >>> numpy_rng_state_from_json(json.loads(json.dumps(s))).random() == a
-        True
-    """
-    return _to_jsonable(rng.bit_generator.state)
-
-
-def numpy_rng_state_from_json(state: dict, rng: np.random.Generator | None = None) -> np.random.Generator:
-    """Set ``rng`` (default: a new Generator of the saved bit generator kind) to a saved state; returns it."""
-    state = _from_jsonable(state)
-    if rng is None:
-        bit_generator = getattr(np.random, state["bit_generator"])
-        rng = np.random.Generator(bit_generator())
-    rng.bit_generator.state = state
-    return rng
-
-
 # --- saving ---------------------------------------------------------------------------------------------
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from fewseg import __version__
 
-    try:
-        fewseg_version = version("fewseg")
-    except PackageNotFoundError:
-        fewseg_version = "0+unknown"
-    return {"fewseg": fewseg_version, "torch": torch.__version__, "python": platform.python_version()}
+    return {"fewseg": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def _prepare_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -244,7 +172,6 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tenso
         directory: the checkpoint directory; replaced as a whole if it exists.
         tensors: name -> tensor (any device/dtype; saved detached, contiguous, on CPU).
         meta: JSON-serialisable metadata; a ``"versions"`` entry is added (overwriting one given).
-            Store RNG states here with :func:`rng_state_to_json` / :func:`numpy_rng_state_to_json`.
         optimizer_state: optional dict of what ``torch.load(weights_only=True)`` accepts (tensors,
             containers, numbers, strings): ``optimizer.state_dict()`` and ``Generator.get_state()`` do.
 

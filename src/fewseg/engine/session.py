@@ -7,11 +7,13 @@ from pathlib import Path
 
 import torch
 
-from fewseg.config import Config, DataConfig, config_from_dict
+from fewseg.baselines import check_baselines
+from fewseg.config import DataConfig, config_from_dict
 from fewseg.engine.builders import build_all, build_dataset
 from fewseg.engine.checkpoint import load_checkpoint
-from fewseg.engine.protocol import BASELINES, build_methods, format_table, run_protocol
+from fewseg.engine.protocol import build_methods, format_table, run_protocol
 from fewseg.errors import CheckpointError
+from fewseg.registry import BASELINES
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -32,7 +34,7 @@ def load_algorithm(path: str | Path, device: torch.device | str = "cpu"):
     ckpt = load_checkpoint(ckpt_dir)
     if ckpt.meta.get("kind") != "meta" or "config" not in ckpt.meta:
         raise CheckpointError(f"{ckpt_dir} is not a meta-training checkpoint (kind={ckpt.meta.get('kind')!r})")
-    cfg = config_from_dict(ckpt.meta["config"])
+    cfg = config_from_dict(ckpt.meta["config"], stored=True)  # drops keys removed since (LEGACY_KEYS)
     cfg.device = str(device)
     _, algo = build_all(cfg, torch.device(device))
     try:
@@ -59,12 +61,19 @@ def describe_split(split: str, d: dict, limit: int = 400) -> str:
     return f"{split}: {d['name']} {len(d['classes'])} classes ({how}): {names}"
 
 
-def evaluate_checkpoint(checkpoint, shots=(1, 5), episodes=300, steps=None, seed=0, baselines=None,
+def evaluate_checkpoint(checkpoint, shots=None, episodes=None, queries=None, steps=None, seed=0, baselines=None,
                         dataset=None, data_root=None, output=None, device="cpu", log=print) -> dict:
-    """Score the checkpoint (and baselines) on test classes; print the table, write JSON; return results."""
+    """Score the checkpoint (and baselines) on test classes; print the table, write JSON; return results.
+
+    shots, episodes, queries: None reads them from the run's stored ``eval`` config; pixels count as
+    foreground above its ``eval.threshold``. baselines: None for none, an empty list for all of them.
+    """
+    baselines = [] if baselines is None else (BASELINES.names() if len(baselines) == 0 else check_baselines(baselines))
     cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
     steps = algo.eval_steps if steps is None else steps
-    baselines = [] if baselines is None else (list(BASELINES) if len(baselines) == 0 else list(baselines))
+    shots = list(cfg.eval.shots if shots is None else shots)
+    episodes = cfg.eval.episodes if episodes is None else episodes
+    queries = cfg.eval.queries if queries is None else queries
     if dataset is None:
         test_set = build_dataset(cfg.data, "test", cfg.seed)
     else:  # cross-dataset: every class of a dataset the model never saw
@@ -75,15 +84,16 @@ def evaluate_checkpoint(checkpoint, shots=(1, 5), episodes=300, steps=None, seed
     val_set = build_dataset(cfg.data, "val", cfg.seed) if baselines else None
     t0 = time.perf_counter()
     methods = build_methods(cfg, algo, steps, baselines, train_set, val_set, run_dir_of(ckpt_dir), device, log)
-    results = run_protocol(methods, test_set, list(shots), cfg.eval.queries, episodes, seed, device, log,
-                           full_resolution=cfg.eval.full_resolution)
+    results = run_protocol(methods, test_set, shots, queries, episodes, seed, device, log,
+                           full_resolution=cfg.eval.full_resolution, threshold=cfg.eval.threshold)
     scored_at = ("original label resolution" if cfg.eval.full_resolution and hasattr(test_set, "full_resolution")
                  else f"{cfg.data.image_size}x{cfg.data.image_size}")
     table = format_table(results)
     log(f"\n{test_set.name} test classes: {len(test_set.class_ids())}, episodes per shot count: {episodes}, "
-        f"seed {seed}, scored at {scored_at}\n{table}")
-    record = {"checkpoint": str(ckpt_dir), "dataset": test_set.describe(), "episodes": episodes, "seed": seed,
-              "steps": steps, "scored_at": scored_at, "results": {str(k): v for k, v in results.items()}, "table": table,
+        f"{queries} queries, seed {seed}, scored at {scored_at}\n{table}")
+    record = {"checkpoint": str(ckpt_dir), "dataset": test_set.describe(), "episodes": episodes, "queries": queries,
+              "seed": seed, "steps": steps, "threshold": cfg.eval.threshold, "scored_at": scored_at,
+              "results": {str(k): v for k, v in results.items()}, "table": table,
               "seconds": time.perf_counter() - t0}
     out = Path(output) if output else ckpt_dir.parent.parent / "eval.json" if run_dir_of(ckpt_dir) \
         else ckpt_dir / "eval.json"
@@ -91,10 +101,6 @@ def evaluate_checkpoint(checkpoint, shots=(1, 5), episodes=300, steps=None, seed
     out.write_text(json.dumps(record, indent=1))
     log(f"results written to {out}")
     return record
-
-
-def config_of(checkpoint) -> Config:
-    return config_from_dict(load_checkpoint(resolve_checkpoint(checkpoint)).meta["config"])
 
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")

@@ -1,0 +1,127 @@
+"""What a baseline factory receives (:class:`BaselineContext`) and what it returns (:class:`Method`).
+
+The context builds its expensive parts on first use and shares them between baselines: the
+random-init network (random-init, random-init-long), the transfer network (transfer, prototype) and
+the validation episodes on which fine-tuning rates are chosen (never test classes).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewseg.algorithms.base import MetaAlgorithm
+from fewseg.baselines.finetune import FineTuneLearner
+from fewseg.baselines.transfer import pretrain_transfer
+from fewseg.config import Config
+from fewseg.data.base import SegmentationDataset
+from fewseg.data.episode import Episode
+from fewseg.data.sampler import EpisodeSampler
+from fewseg.engine.builders import build_model
+from fewseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from fewseg.engine.evaluator import Learner, evaluate
+from fewseg.errors import ConfigError
+
+LR_CANDIDATES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@dataclass
+class Method:
+    """One row of the results table."""
+
+    name: str
+    budget: str  # the adaptation budget, printed in the table
+    learner: Learner
+
+
+def image_passes_per_iteration(cfg: Config) -> int:
+    """Images through the network (forward+backward) per meta-iteration: T * (K*S + Q)."""
+    t = cfg.train
+    return t.meta_batch * (cfg.algorithm.inner_steps * t.shots + t.queries)
+
+
+def fresh_model(cfg: Config, seed: int) -> torch.nn.Module:
+    """A new network of ``cfg.model`` initialised from ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg.model)
+
+
+def transfer_model(cfg: Config, train_set: SegmentationDataset, run_dir: Path | None, device,
+                   progress: bool = True) -> torch.nn.Module:
+    """The transfer-learning network, trained once with the meta-training image budget and cached in the run."""
+    model = fresh_model(cfg, cfg.seed + 7).to(device)
+    path = run_dir / "checkpoints" / "transfer" if run_dir is not None else None
+    budget = cfg.eval.transfer_images or cfg.train.iterations * image_passes_per_iteration(cfg)
+    recipe = {"model": cfg.to_dict()["model"], "data": cfg.to_dict()["data"], "seed": cfg.seed,
+              "image_passes": budget}
+    if path is not None and (path / "weights.safetensors").exists():
+        cached = load_checkpoint(path)
+        if cached.meta.get("recipe") == recipe:  # reuse only a transfer model trained for this very recipe
+            model.load_state_dict(cached.tensors)
+            return model.eval()
+    t0 = time.perf_counter()
+    pretrain_transfer(model, train_set, image_passes=budget, seed=cfg.seed, loss=cfg.algorithm.loss,
+                      device=device, progress=progress)
+    if path is not None:
+        save_checkpoint(path, dict(model.state_dict()),
+                        {"config": cfg.to_dict(), "kind": "transfer", "recipe": recipe, "image_passes": budget,
+                         "seconds": time.perf_counter() - t0})
+    return model.eval()
+
+
+def select_lr(make: Callable[[float], Learner], episodes: list[Episode], candidates=LR_CANDIDATES,
+              device="cpu", threshold: float = 0.5) -> float:
+    """The candidate rate with the best mIoU on validation episodes."""
+    scores = {lr: evaluate(make(lr), episodes, threshold=threshold, device=device)["miou"] for lr in candidates}
+    return max(scores, key=scores.get)
+
+
+@dataclass
+class BaselineContext:
+    """Everything a baseline factory may use; ``steps`` is the meta-learned model's test-time step count."""
+
+    cfg: Config
+    algo: MetaAlgorithm
+    steps: int
+    train_set: SegmentationDataset | None
+    val_set: SegmentationDataset | None
+    run_dir: Path | None
+    device: Any
+    log: Callable[[str], None] = print
+    _shared: dict = field(default_factory=dict, repr=False)
+
+    def _once(self, key: str, build: Callable[[], Any]) -> Any:
+        if key not in self._shared:
+            self._shared[key] = build()
+        return self._shared[key]
+
+    def val_episodes(self) -> list[Episode]:
+        """The fixed validation episodes for choosing fine-tuning rates (none without a val set)."""
+        c = self.cfg
+        return self._once("val_episodes", lambda: [] if self.val_set is None else EpisodeSampler(
+            self.val_set, c.train.shots, c.train.queries, seed=c.seed + 2).fixed_episodes(c.eval.lr_select_episodes))
+
+    def random_model(self) -> torch.nn.Module:
+        """A randomly initialised network (seed + 5), in eval mode."""
+        return self._once("random_model", lambda: fresh_model(self.cfg, self.cfg.seed + 5).to(self.device).eval())
+
+    def transfer_model(self) -> torch.nn.Module:
+        """The network pre-trained conventionally on the training classes (cached in the run directory)."""
+        if self.train_set is None:
+            raise ConfigError("the transfer and prototype baselines need the training classes of the "
+                              "checkpoint's dataset")
+        return self._once("transfer_model", lambda: transfer_model(self.cfg, self.train_set, self.run_dir,
+                                                                   self.device))
+
+    def tuned(self, name: str, model: torch.nn.Module, budget_prefix: str = "") -> Method:
+        """``steps`` SGD steps from ``model`` at the rate that scores best on the validation episodes."""
+        episodes = self.val_episodes()
+        lr = select_lr(lambda r: FineTuneLearner(model, self.steps, r), episodes, device=self.device,
+                       threshold=self.cfg.eval.threshold) if episodes else self.algo.inner_lr
+        self.log(f"{name}: SGD rate {lr:g} chosen on validation classes")
+        return Method(name, f"{budget_prefix}{self.steps} SGD steps, lr {lr:g}", FineTuneLearner(model, self.steps, lr))
