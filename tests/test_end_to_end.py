@@ -58,14 +58,19 @@ def test_adapt_writes_masks_and_overlays_for_a_folder(trained_run, tmp_path, cap
     assert "s0.png" in capsys.readouterr().err
 
 
-def test_demo_quick_writes_the_report(tmp_path):
-    assert main(["demo", "--quick", "--output", str(tmp_path / "demo")]) == 0
+def test_demo_quick_writes_the_report(tmp_path, capsys):
+    assert main(["demo", "--quick", "--seed", "2", "--output", str(tmp_path / "demo")]) == 0
     out = tmp_path / "demo"
     for name in ("report.md", "training.png", "miou_vs_steps.png", "miou_vs_shots.png", "overlays.png",
                  "eval.json", "log.jsonl"):
         assert (out / name).exists(), name
     record = json.loads((out / "eval.json").read_text())
     assert {"1", "5"} == set(record["results"])
+    assert record["config"]["seed"] == 2 and record["config"]["name"] == "demo"
+    printed = capsys.readouterr().out
+    table_end = printed.index("| prototype |")
+    assert table_end < printed.index("bit-identical only on the same machine, torch build and thread count")
+    assert "docs/results.md" in printed
 
 
 def test_evaluate_with_more_shots_than_images_fails_clearly(trained_run, capsys):

@@ -1,0 +1,147 @@
+"""Configs: every key documented where it is declared, the generated reference, removed keys, choices, recipes."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from fewseg import choices
+from fewseg.config import (
+    CHOICES,
+    LEGACY_KEYS,
+    REFERENCE_END,
+    REFERENCE_START,
+    Config,
+    config_from_dict,
+    config_keys,
+    config_reference,
+    load_config,
+    migrate_stored,
+    reference_block,
+    write_reference,
+)
+from fewseg.errors import ConfigError
+from fewseg.recipes import recipe_dir, recipe_names
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_every_field_and_section_has_a_meaning():
+    def walk(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help", "").strip(), f"config key {prefix + f.name!r} has no meaning"
+            if dataclasses.is_dataclass(f.default_factory if f.default is dataclasses.MISSING else None):
+                walk(f.default_factory, f"{prefix}{f.name}.")
+
+    walk(Config)
+    assert all(meaning for *_, meaning in config_keys())
+
+
+def test_reference_has_one_row_per_key_with_type_default_and_meaning():
+    table = config_reference().splitlines()
+    assert table[0] == "| key | type | default | meaning |"
+    keys = [row[0] for row in config_keys()]
+    assert len(table) == 2 + len(keys) and len(keys) == len(set(keys))
+    assert "train.outer_lr" in keys and "eval.steps" not in keys
+    assert "| `train.outer_lr` | float | `0.001` | outer (meta) learning rate (> 0) |" in table
+    assert "| `eval.shots` | list of int | `[1, 5]` |" in config_reference()
+    assert "| `algorithm.eval_steps` | int or null | `null` |" in config_reference()
+    assert all(row.count("|") - row.count("\\|") == 5 for row in table)  # no stray cell separators
+
+
+def test_readme_holds_the_generated_reference():
+    block = reference_block(README)
+    assert block is not None, f"README.md lacks {REFERENCE_START} ... {REFERENCE_END}"
+    assert block == config_reference(), "README.md is stale: run `fewseg config --write README.md`"
+
+
+def test_write_reference_replaces_only_the_marked_block(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# title\n\n{REFERENCE_START}\nold table\n{REFERENCE_END}\n\nafter\n")
+    assert write_reference(doc) is True
+    text = doc.read_text()
+    assert text.startswith("# title\n\n") and text.endswith(f"{REFERENCE_END}\n\nafter\n") and "old table" not in text
+    assert reference_block(doc) == config_reference()
+    assert write_reference(doc) is False  # already up to date
+    (tmp_path / "plain.md").write_text("no markers\n")
+    with pytest.raises(ConfigError, match="plain.md has no"):
+        write_reference(tmp_path / "plain.md")
+
+
+@pytest.mark.parametrize("key", sorted(LEGACY_KEYS))
+def test_removed_keys_fail_in_a_users_config_but_stored_configs_still_load(key):
+    section, leaf = key.split(".")
+    old = {"seed": 2, section: {leaf: None, "episodes": 7}}
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}'") as err:
+        config_from_dict(old)
+    assert "\n" not in str(err.value)
+    cfg = config_from_dict(old, stored=True)
+    assert cfg.seed == 2 and cfg.eval.episodes == 7
+    assert old[section][leaf] is None  # the caller's dict is untouched
+    assert leaf not in migrate_stored(old)[section] and migrate_stored({}) == {}
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_enumerated_keys_take_their_values_from_choices_and_list_them(key):
+    allowed = CHOICES[key]
+    assert allowed in {v for k, v in vars(choices).items() if k.isupper()}
+    for value in allowed:
+        config_from_dict({}, [f"{key}={value}"])
+    with pytest.raises(ConfigError, match=f"'{key}' must be one of {', '.join(allowed)}; got 'nope'"):
+        config_from_dict({}, [f"{key}=nope"])
+
+
+def test_sampler_class_sampling_comes_from_choices():
+    import fewseg
+    ds = fewseg.create_dataset("synthetic", split="val", seed=0, image_size=16)
+    with pytest.raises(ValueError, match=", ".join(choices.CLASS_SAMPLING)):
+        fewseg.EpisodeSampler(ds, class_sampling="nope")
+
+
+@pytest.mark.parametrize("override", ["eval.threshold=0", "eval.threshold=1.5", "eval.queries=0"])
+def test_eval_values_are_checked(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        config_from_dict({}, [override])
+
+
+def test_recipes_resolve_by_name_with_or_without_yaml_or_by_path(tmp_path, monkeypatch):
+    assert "synthetic_maml" in recipe_names()
+    by_name = load_config("synthetic_maml").to_dict()
+    assert load_config("synthetic_maml.yaml").to_dict() == by_name
+    assert load_config(recipe_dir() / "synthetic_maml.yaml").to_dict() == by_name
+    assert by_name["name"] == "synthetic_maml"
+    monkeypatch.chdir(tmp_path)  # a local file wins over the shipped recipe of that name
+    (tmp_path / "synthetic_maml.yaml").write_text("name: mine\n")
+    assert load_config("synthetic_maml.yaml").name == "mine"
+    assert load_config("synthetic_maml").name == "synthetic_maml"
+
+
+def test_an_unknown_recipe_lists_the_shipped_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config("synthetic_mam")
+    message = str(err.value)
+    assert "'synthetic_mam'" in message and ", ".join(recipe_names()) in message and "\n" not in message
+    with pytest.raises(ConfigError, match="neither a file nor a shipped recipe"):
+        load_config("no/such/file.yaml")
+
+
+# The demo's published numbers come from this recipe: a change here changes the demo (README, docs/results.md).
+DEMO_RECIPE = {
+    "seed": 0, "data": {"name": "synthetic", "image_size": 48},
+    "model": {"name": "unet", "options": {"depth": 3, "width": 8}},
+    "algorithm": {"name": "maml", "inner_steps": 5, "inner_lr": 0.2, "eval_steps": 10},
+    "train": {"iterations": 300, "meta_batch": 4, "shots": 5, "queries": 5, "outer_lr": 0.001,
+              "schedule": "cosine", "val_every": 100, "val_episodes": 40, "checkpoint_every": 100},
+    "eval": {"shots": [1, 5], "episodes": 100, "long_steps": 100},
+}
+
+
+def test_the_demo_trains_the_shipped_recipe_changing_only_name_output_device_and_seed(tmp_path):
+    from fewseg.report.demo import demo_config
+    recipe = load_config("synthetic_maml").to_dict()
+    demo = demo_config(tmp_path / "d").to_dict()
+    assert (demo.pop("name"), demo.pop("output")) == ("demo", str(tmp_path / "d"))
+    assert demo == {k: v for k, v in recipe.items() if k not in ("name", "output")}
+    assert demo == {k: v for k, v in config_from_dict(DEMO_RECIPE).to_dict().items() if k not in ("name", "output")}
+    assert demo_config(tmp_path, seed=3).seed == 3
+    quick = demo_config(tmp_path, quick=True)
+    assert quick.train.iterations == 20 and quick.model == demo_config(tmp_path).model
