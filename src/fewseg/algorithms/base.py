@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ class MetaAlgorithm(nn.Module):
 
     name = "maml"
     OPTIONS: frozenset[str] = frozenset(CORE_OPTIONS)  # the options this algorithm honours
-    FIXED: dict = {}                                    # core options it always sets itself
+    FIXED: ClassVar[dict] = {}                          # core options it always sets itself
 
     def __init__(self, model: nn.Module, class_counts: dict[int, int] | None = None, **options):
         super().__init__()

@@ -1,6 +1,8 @@
 """MAML (Finn et al., 2017) and its first-order approximation FOMAML."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from fewseg.algorithms.base import MetaAlgorithm
 from fewseg.registry import ALGORITHMS
 
@@ -18,4 +20,4 @@ class FOMAML(MetaAlgorithm):
 
     name = "fomaml"
     OPTIONS = MetaAlgorithm.OPTIONS - {"first_order"}
-    FIXED = {"first_order": True}
+    FIXED: ClassVar[dict] = {"first_order": True}

@@ -8,6 +8,8 @@ inner_checkpoint, weight_grad) are refused. At test time the same inner optimise
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from fewseg.algorithms.adapted import Adapted
@@ -25,7 +27,7 @@ class Reptile(MetaAlgorithm):
     name = "reptile"
     OPTIONS = frozenset({"inner_steps", "inner_lr", "loss", "eval_steps", "adapt_pattern", "batchnorm",
                          "task_weighting", "weight_temperature", "frequency_power", "inner_optimizer"})
-    FIXED = {"first_order": True, "strategy": "loop"}
+    FIXED: ClassVar[dict] = {"first_order": True, "strategy": "loop"}
 
     def __init__(self, model, inner_optimizer: str = "sgd", **options):
         super().__init__(model, **options)
@@ -84,7 +86,7 @@ class Reptile(MetaAlgorithm):
     def adapt(self, support_x, support_y, steps=None, lr=None, support_ignore=None) -> Adapted:
         if self.inner_optimizer == "sgd":
             return super().adapt(support_x, support_y, steps, lr, support_ignore)
-        support_y, support_ignore, steps, rates = self._adapt_inputs(support_x, support_y, steps, lr, support_ignore)
+        support_y, support_ignore, steps, _ = self._adapt_inputs(support_x, support_y, steps, lr, support_ignore)
         params, forward = self.params_and_forward()
         rate = self.inner_lr if lr is None else lr
         phi = self._steps(params, forward, support_x, support_y, support_ignore, steps, lambda k, n: rate)

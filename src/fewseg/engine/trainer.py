@@ -8,7 +8,7 @@ Output directory:
     checkpoints/best     the best validation mIoU so far
 
 Example:
-    >>> cfg = load_config("configs/synthetic_maml.yaml", ["train.iterations=20"])
+    >>> cfg = load_config("synthetic_maml", ["train.iterations=20"])
     >>> result = Trainer(cfg).fit()          # {"iteration": 20, "best_val_miou": ..., "output": ...}
 """
 from __future__ import annotations
@@ -197,7 +197,7 @@ def resume_trainer(run_dir: str | Path, overrides: list[str] = (), progress: boo
     """A Trainer rebuilt from ``run_dir/checkpoints/last`` (its own config, plus ``overrides``)."""
     ckpt_dir = Path(run_dir) / "checkpoints" / "last"
     meta = load_checkpoint(ckpt_dir).meta
-    cfg = config_from_dict(meta["config"], overrides)
+    cfg = config_from_dict(meta["config"], overrides, stored=True)
     trainer = Trainer(cfg, progress=progress)
     trainer.resume(ckpt_dir)
     return trainer
