@@ -185,3 +185,29 @@ def test_meta_backward_needs_the_iteration():
     algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn", width=4), inner_steps=1)
     with pytest.raises(TypeError, match="iteration"):
         algo.meta_backward(random_batch(T=1, size=8))
+
+
+def test_test_time_adaptation_keeps_only_the_current_weights():
+    """Memory of ``adapt`` is flat in the step count: earlier steps' weights are freed."""
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    model = fewseg.create_model("seed-cnn", width=4)
+    algo = fewseg.create_algorithm("maml", model, inner_steps=1, inner_lr=0.1).eval()
+    seen, alive = [], []
+    forward = algo.params_and_forward()[1]
+
+    def spying(params, x):  # during adaptation: how many earlier steps' weights are still alive?
+        gc.collect()
+        alive.append(sum(r() is not None for r in seen))
+        seen.append(weakref.ref(params["2.weight"]))
+        return forward(params, x)
+
+    algo.params_and_forward = lambda: (dict(model.named_parameters()), spying)
+    ep = random_batch(T=1, S=2, Q=1, size=8).task(0)
+    adapted = algo.adapt(ep.support_x, ep.support_y, steps=30)
+    assert len(seen) == 30 and max(alive) <= 2, alive   # theta and the previous step's weights, not all steps
+    reference = fewseg.create_algorithm("maml", model, inner_steps=1, inner_lr=0.1).eval()
+    assert torch.equal(adapted.params["2.weight"],
+                       reference.adapt(ep.support_x, ep.support_y, steps=30).params["2.weight"])

@@ -68,7 +68,8 @@ def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: 
 
     x [S,3,H,W], y [S,1,H,W], ignore [S,1,H,W] | None. Only ``adapt_names`` change; the others are shared.
     create_graph: keep second-order terms (MAML); False drops them (first order: d phi / d theta = I).
-    keep_graph: False detaches after every step (test-time adaptation builds no outer graph at all).
+    keep_graph: False detaches after every step (test-time adaptation builds no outer graph at all) and keeps
+    only the current weights: the result is then [params_0, params_steps], memory flat in ``steps``.
     functional_grad: use torch.func.grad (required under vmap) instead of torch.autograd.grad.
     proximal: lambda of the iMAML-style term lambda/2 * ||phi - theta||^2 added to the support loss.
     step_params(k): extra parameters used by the forward at inner step k only (MAML++ per-step norm weights).
@@ -83,5 +84,6 @@ def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: 
                             step_params=step_params)
         if not keep_graph:
             params = {n: (p.detach().requires_grad_(True) if n in anchor else p) for n, p in params.items()}
+            trajectory = trajectory[:1]  # no graph to keep: drop the previous step's weights
         trajectory.append(params)
     return trajectory
