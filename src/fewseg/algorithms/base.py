@@ -9,7 +9,8 @@ Elsewhere: the inner loop (``inner_loop``), task weights (``weighting``), how ta
 (``execution``), inner-loop recomputation (``recompute``), the option declarations (``options``).
 
 Example:
-    >>> algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn"), inner_steps=2, inner_lr=0.1)
+    >>> import torch, fewseg
+    >>> algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn", width=4), inner_steps=2, inner_lr=0.1)
     >>> batch = fewseg.MetaBatch(torch.rand(2, 2, 3, 16, 16), torch.ones(2, 2, 1, 16, 16),
     ...                          torch.rand(2, 2, 3, 16, 16), torch.zeros(2, 2, 1, 16, 16))
     >>> logs = algo.meta_backward(batch, iteration=0)           # meta-gradient now in .grad
@@ -31,6 +32,7 @@ from fewseg.algorithms.norms import check_norm_layers, has_batchnorm
 from fewseg.algorithms.options import CORE_OPTIONS, check_core_values, resolve_options
 from fewseg.algorithms.weighting import TaskWeighting
 from fewseg.data.episode import Episode, MetaBatch, check_images, check_masks
+from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.losses import get_loss
 
 
@@ -120,10 +122,11 @@ class MetaAlgorithm(nn.Module):
         """Scalar meta-loss of outer ``iteration`` with the whole graph kept; ``.backward()`` gives the meta-gradient."""
         return whole_graph_loss(self, batch, iteration)[0]
 
-    def meta_backward(self, batch: MetaBatch, *, iteration: int) -> dict:
+    def meta_backward(self, batch: MetaBatch, *, iteration: int, group: ProcessGroup = SINGLE) -> dict:
         """Add the meta-gradient of outer ``iteration`` into ``.grad`` (the gradient of ``outer_loss``), one chunk of
-        tasks alive at a time. Returns logs {"loss", "task_losses" [T], "task_weights" [T], "regulariser"?}."""
-        return accumulate_meta_gradient(self, batch, iteration)
+        tasks alive at a time. Returns logs {"loss", "task_losses" [T], "task_weights" [T], "regulariser"?}.
+        With several ranks, this rank's share of the batch only: sum ``.grad`` across ranks afterwards."""
+        return accumulate_meta_gradient(self, batch, iteration, group)
 
     # --- test time ----------------------------------------------------------------------------------
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,

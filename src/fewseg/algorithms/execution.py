@@ -13,6 +13,7 @@ from torch.func import vmap
 
 from fewseg.algorithms.recompute import task_gradients
 from fewseg.data.episode import Episode, MetaBatch
+from fewseg.distributed import SINGLE, ProcessGroup
 
 if TYPE_CHECKING:
     from fewseg.algorithms.base import MetaAlgorithm
@@ -60,15 +61,21 @@ def whole_graph_loss(algo: MetaAlgorithm, batch: MetaBatch, iteration: int):
     return (loss if reg is None else loss + reg), losses, weights, reg
 
 
-def accumulate_meta_gradient(algo: MetaAlgorithm, batch: MetaBatch, iteration: int) -> dict:
+def accumulate_meta_gradient(algo: MetaAlgorithm, batch: MetaBatch, iteration: int,
+                             group: ProcessGroup = SINGLE) -> dict:
     """Add d(outer loss)/d(meta-parameters) into ``.grad``, one chunk's graph alive at a time.
 
     Constant weights (uniform, class-frequency) scale each chunk's backward; "hard" weights (constants) are
     applied to per-task gradients kept until every loss is known (T copies of the gradient, not of the graph);
     weights with gradients (``weight_grad=True``) need every graph at once (memory grows with T).
+    With several ranks (``group``) this rank runs only its block of tasks; weights and logs are those of the
+    whole batch, and the caller sums ``.grad`` across ranks.
     Returns logs: {"loss", "task_losses" [T], "task_weights" [T], "regulariser"?}.
     """
     if algo.weighting.needs_every_graph:
+        if group.world > 1:
+            raise ValueError("weight_grad=True differentiates the weights of every task at once: it needs all "
+                             "tasks in one process (run on one rank, or drop weight_grad)")
         loss, losses, weights, reg = whole_graph_loss(algo, batch, iteration)
         loss.backward()
         return _logs(losses.detach(), weights, reg)
@@ -76,37 +83,48 @@ def accumulate_meta_gradient(algo: MetaAlgorithm, batch: MetaBatch, iteration: i
     chunk = 1 if algo.inner_checkpoint else chunk_size(algo.strategy, algo.task_chunk, batch.support_x.device, T)
     static = algo.weighting.constant(T, batch.class_ids, batch.support_x)
     params = [p for p in algo.parameters() if p.requires_grad]
-    per_task: list[list[torch.Tensor | None]] = []   # "hard" weights: each task's gradient until all are known
+    mine = group.shard(T)
+    per_task: list[tuple[int, list[torch.Tensor | None]]] = []  # "hard": (task, its gradient) until all known
     values = []
-    for draw, s in enumerate(range(0, T, chunk)):
+    for s in range(mine[0] if mine else 0, mine[-1] + 1 if mine else 0, chunk):
+        end, draw = min(s + chunk, mine[-1] + 1), s // chunk
         if algo.inner_checkpoint:
             loss, grads = task_gradients(algo, batch.task(s), params, iteration, draw)
             if static is None:
-                per_task.append(grads)
+                per_task.append((s, grads))
             else:
                 for p, g in zip(params, grads):
                     if g is not None:
                         add_to_grad(p, static[s] * g)
             values.append(loss.reshape(1))
             continue
-        losses = chunk_losses(algo, batch, s, min(s + chunk, T), iteration, draw)
+        losses = chunk_losses(algo, batch, s, end, iteration, draw)
         if static is not None:
             (losses * static[s:s + losses.shape[0]]).sum().backward()
         else:
             for j in range(losses.shape[0]):
-                per_task.append(list(torch.autograd.grad(losses[j], params, retain_graph=j + 1 < losses.shape[0],
-                                                         allow_unused=True)))
+                per_task.append((s + j, list(torch.autograd.grad(losses[j], params, retain_graph=j + 1 < losses.shape[0],
+                                                                 allow_unused=True))))
         values.append(losses.detach())
-    losses = torch.cat(values)
+    losses = torch.cat(values) if group.world == 1 else _whole_batch(values, mine, T, group, batch.support_x)
     weights = static if static is not None else algo.weighting(losses, batch.class_ids)
     for k, p in enumerate(params):
-        parts = [w * g[k] for w, g in zip(weights, per_task) if g[k] is not None]
+        parts = [weights[i] * g[k] for i, g in per_task if g[k] is not None]
         if parts:
             add_to_grad(p, torch.stack(parts).sum(0))
     reg = algo.outer_regulariser()
-    if reg is not None:
+    if reg is not None and group.is_main:  # once per meta-batch, not once per rank
         reg.backward()
     return _logs(losses, weights, reg)
+
+
+def _whole_batch(values: list[torch.Tensor], mine: list[int], T: int, group: ProcessGroup,
+                 like: torch.Tensor) -> torch.Tensor:
+    """The losses [T] of every task of the batch, from each rank's block (a sum of zeros elsewhere: exact)."""
+    full = torch.zeros(T, dtype=like.dtype)
+    if mine:
+        full[mine[0]:mine[-1] + 1] = torch.cat(values).detach().cpu().to(like.dtype)
+    return group.sum_(full).to(like.device)
 
 
 def _logs(losses: torch.Tensor, weights: torch.Tensor, reg: torch.Tensor | None) -> dict:

@@ -17,6 +17,7 @@ from fewseg.algorithms.base import MetaAlgorithm
 from fewseg.algorithms.inner_loop import inner_loop
 from fewseg.choices import INNER_OPTIMIZERS
 from fewseg.data.episode import MetaBatch
+from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.registry import ALGORITHMS
 
 
@@ -49,37 +50,44 @@ class Reptile(MetaAlgorithm):
                 opt.step()
         return phi
 
-    def adapted_weights(self, batch: MetaBatch) -> tuple[list[dict], torch.Tensor]:
-        """phi_i for every task (no graph) and each task's loss [T] after adaptation."""
+    def adapted_weights(self, batch: MetaBatch, tasks: list[int] | None = None) -> tuple[dict[int, dict], torch.Tensor]:
+        """{task: phi_i} (no graph) for ``tasks`` (default: all) and the loss [T] after adaptation (0 elsewhere)."""
         params, forward = self.params_and_forward()
-        phis, losses = [], []
-        for i in range(batch.num_tasks):
+        phis, losses = {}, torch.zeros(batch.num_tasks, dtype=torch.float64)  # exact weights (1/3, not float32's)
+        for i in range(batch.num_tasks) if tasks is None else tasks:
             ep = batch.task(i)
             x = torch.cat([ep.support_x, ep.query_x])
             y = torch.cat([ep.support_y, ep.query_y])
             ign = None if ep.support_ignore is None else torch.cat([ep.support_ignore, ep.query_ignore])
             phi = self._steps(params, forward, x, y, ign, self.inner_steps, self.lr_for)
             with torch.no_grad():
-                losses.append(float(self.loss_fn(forward(phi, x), y, ign)))
-            phis.append({n: phi[n].detach() for n in self.adapt_names})
-        return phis, torch.tensor(losses, dtype=torch.float64)  # exact weights (1/3, not float32's)
+                losses[i] = float(self.loss_fn(forward(phi, x), y, ign))
+            phis[i] = {n: phi[n].detach() for n in self.adapt_names}
+        return phis, losses
 
     def outer_loss(self, batch: MetaBatch, *, iteration: int) -> torch.Tensor:
         """Surrogate 1/2 ||theta - sum_i w_i phi_i||^2: its gradient is the Reptile pseudo-gradient."""
         phis, losses = self.adapted_weights(batch)
         w = self.weighting(losses, batch.class_ids).detach()
         params = dict(self.model.named_parameters())
-        return sum(0.5 * ((params[n] - sum(float(w[i]) * phi[n] for i, phi in enumerate(phis))) ** 2).sum()
+        return sum(0.5 * ((params[n] - sum(float(w[i]) * phi[n] for i, phi in phis.items())) ** 2).sum()
                    for n in self.adapt_names)
 
-    def meta_backward(self, batch: MetaBatch, *, iteration: int) -> dict:
-        """Pseudo-gradient theta - sum_i w_i phi_i into ``.grad`` (w: the task weights of the adapted losses)."""
-        phis, losses = self.adapted_weights(batch)
+    def meta_backward(self, batch: MetaBatch, *, iteration: int, group: ProcessGroup = SINGLE) -> dict:
+        """Pseudo-gradient theta - sum_i w_i phi_i into ``.grad`` (w: the task weights of the adapted losses).
+
+        With several ranks each adds sum_i w_i (theta - phi_i) over its own tasks (the weights sum to 1 over the
+        batch), so the sum across ranks is the pseudo-gradient of the whole batch."""
+        phis, losses = self.adapted_weights(batch, group.shard(batch.num_tasks) if group.world > 1 else None)
+        losses = group.sum_(losses)
         w = self.weighting(losses, batch.class_ids).detach()
         for n, p in self.model.named_parameters():
             if n in self.adapt_names:
-                mean_phi = sum(float(w[i]) * phi[n] for i, phi in enumerate(phis))
-                pseudo = p.detach() - mean_phi
+                if group.world == 1:
+                    pseudo = p.detach() - sum(float(w[i]) * phi[n] for i, phi in phis.items())
+                else:
+                    pseudo = sum(float(w[i]) * (p.detach() - phi[n]) for i, phi in phis.items()) \
+                        if phis else torch.zeros_like(p)
                 p.grad = pseudo if p.grad is None else p.grad + pseudo
         return {"loss": float((w * losses).sum()), "task_losses": losses.tolist(), "task_weights": w.tolist()}
 

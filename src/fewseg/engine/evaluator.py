@@ -19,6 +19,7 @@ import torch
 from fewseg.algorithms.base import Adapted, MetaAlgorithm
 from fewseg.data.episode import Episode
 from fewseg.data.transforms import to_original
+from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.metrics import BinaryStats, IoUAccumulator, binary_stats
 
 
@@ -47,16 +48,19 @@ class MetaLearner:
 def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0.5,
              device: torch.device | str = "cpu",
              on_episode: Callable[[int, Episode, torch.Tensor], None] | None = None,
-             full_resolution: FullResolution | None = None) -> dict:
+             full_resolution: FullResolution | None = None, group: ProcessGroup = SINGLE) -> dict:
     """Adapt on each episode's support set, predict its queries, accumulate per-class stats -> summary.
 
     full_resolution(key, class_id) -> (mask [1,1,H,W], ignore [1,1,H,W], box) | None: when given (real
     datasets), each query is scored against its label map at the original size: the logits inside ``box``
     are upsampled bilinearly to H x W, and ignore pixels count nowhere.
+    group: with several ranks each scores its block of episodes (``on_episode`` sees only those); the episodes'
+    intersection/union sums are gathered and added up in episode order, so every rank returns the summary one
+    process would.
     """
-    acc = IoUAccumulator()
-    for i, ep in enumerate(episodes):
-        ep = ep.to(device)
+    totals = []  # (episode index, class id, [fg_inter, fg_union, bg_inter, bg_union])
+    for i in group.shard(len(episodes)):
+        ep = episodes[i].to(device)
         predictor = learner.adapt(ep.support_x, ep.support_y, support_ignore=ep.support_ignore)
         with torch.no_grad():
             probs = predictor.predict(ep.query_x)  # [Q,1,H,W]
@@ -64,9 +68,12 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0
             stats = _full_resolution_stats(probs, ep, threshold, full_resolution)
         else:
             stats = binary_stats(probs > threshold, ep.query_y, ep.query_ignore)
-        acc.update(ep.class_id, stats)
+        totals.append((i, ep.class_id, [float(torch.as_tensor(x).sum().item()) for x in stats]))
         if on_episode is not None:
             on_episode(i, ep, probs)
+    acc = IoUAccumulator()
+    for _, class_id, sums in sorted(t for part in group.gather_objects(totals) for t in part):
+        acc.update(class_id, BinaryStats(*[torch.tensor([v], dtype=torch.float64) for v in sums]))
     return acc.summary()
 
 

@@ -15,6 +15,7 @@ from fewseg.baselines import BaselineContext, Method, check_baselines
 from fewseg.config import Config
 from fewseg.data.base import SegmentationDataset
 from fewseg.data.sampler import EpisodeSampler
+from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.engine.evaluator import MetaLearner, evaluate
 from fewseg.registry import BASELINES
 
@@ -37,11 +38,11 @@ def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int, baselines: list[
 
 def run_protocol(methods: list[Method], test_set: SegmentationDataset, shots_list: list[int], queries: int,
                  episodes: int, seed: int, device, log: Callable[[str], None] = print,
-                 full_resolution: bool = True, threshold: float = 0.5) -> dict:
+                 full_resolution: bool = True, threshold: float = 0.5, group: ProcessGroup = SINGLE) -> dict:
     """{shots: {method: summary + budget + seconds}} on fixed, seeded test episodes per shot count.
 
     full_resolution: score against the original label maps when the dataset offers them (real data).
-    threshold: foreground probability cut (``eval.threshold``)."""
+    threshold: foreground probability cut (``eval.threshold``). group: ranks that share the episodes."""
     original = getattr(test_set, "full_resolution", None) if full_resolution else None
     results: dict = {}
     for shots in shots_list:
@@ -49,7 +50,8 @@ def run_protocol(methods: list[Method], test_set: SegmentationDataset, shots_lis
         results[shots] = {}
         for m in methods:
             t0 = time.perf_counter()
-            summary = evaluate(m.learner, eps, threshold=threshold, device=device, full_resolution=original)
+            summary = evaluate(m.learner, eps, threshold=threshold, device=device, full_resolution=original,
+                               group=group)
             summary.update(budget=m.budget, seconds=time.perf_counter() - t0)
             results[shots][m.name] = summary
             log(f"{shots}-shot {m.name}: mIoU {100 * summary['miou']:.1f} ({time.perf_counter() - t0:.0f}s)")
