@@ -10,17 +10,22 @@ from fewseg.engine.evaluator import MetaLearner, evaluate
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from dist_cases import CASES, build, episodes, meta_batch  # noqa: E402
 
-torch.set_num_threads(1)
-group = init_process_group(torch.device("cpu"), timeout_s=60)
-out = {}
-for name in CASES:
-    algo = build(name)
-    logs = algo.meta_backward(meta_batch(), iteration=3, group=group)
-    group.sum_grads(algo.parameters())
-    out[name] = {"grads": [p.grad.clone() for p in algo.parameters()], "loss": logs["loss"],
-                 "weights": logs["task_weights"]}
-algo = build("maml").eval()
-out["evaluate"] = evaluate(MetaLearner(algo), episodes(), group=group)
-if group.is_main:
-    torch.save(out, sys.argv[1])
-close_process_group()
+def main(path: str) -> None:
+    torch.set_num_threads(1)
+    group = init_process_group(torch.device("cpu"), timeout_s=60)
+    out = {}
+    for name in CASES:
+        algo = build(name)
+        logs = algo.meta_backward(meta_batch(), iteration=3, group=group)
+        group.sum_grads(algo.parameters())
+        out[name] = {"grads": [p.grad.clone() for p in algo.parameters()], "loss": logs["loss"],
+                     "weights": logs["task_weights"]}
+    algo = build("maml").eval()
+    out["evaluate"] = evaluate(MetaLearner(algo), episodes(), group=group)
+    if group.is_main:
+        torch.save(out, path)
+    close_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
