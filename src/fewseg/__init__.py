@@ -2,11 +2,13 @@
 
 Example:
     >>> import fewseg
-    >>> model = fewseg.create_model("seed-cnn")
-    >>> algo = fewseg.create_algorithm("maml", model, inner_steps=5, inner_lr=0.01)
-    >>> ds = fewseg.create_dataset("synthetic", split="train", seed=0)
-    >>> sampler = fewseg.EpisodeSampler(ds, shots=5, queries=5, seed=0)
-    >>> loss = algo.outer_loss(sampler.meta_batch(4)); loss.backward()
+    >>> model = fewseg.create_model("seed-cnn", width=4)
+    >>> algo = fewseg.create_algorithm("maml", model, inner_steps=1, inner_lr=0.01)
+    >>> ds = fewseg.create_dataset("synthetic", split="train", seed=0, image_size=16)
+    >>> sampler = fewseg.EpisodeSampler(ds, shots=2, queries=2, seed=0)
+    >>> loss = algo.outer_loss(sampler.meta_batch(2), iteration=0); loss.backward()
+    >>> loss.shape, model[0].weight.grad.shape                  # a scalar; the meta-gradient in .grad
+    (torch.Size([]), torch.Size([4, 3, 3, 3]))
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ meaning (``metadata["help"]``), from which :func:`config_reference` builds the M
 ``fewseg/configs`` (:mod:`fewseg.recipes`).
 
 Example:
+    >>> from fewseg.config import load_config
     >>> cfg = load_config("synthetic_maml", ["train.iterations=50", "algorithm.inner_lr=0.1"])
     >>> cfg.train.iterations
     50

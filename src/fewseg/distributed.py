@@ -16,6 +16,7 @@ Evaluation shards episodes the same way and gathers each episode's intersection/
 up in episode order: the same mIoU, FB-IoU and CI as one process, to the bit.
 
 Example:
+    >>> from fewseg.distributed import ProcessGroup
     >>> group = ProcessGroup()          # outside torchrun: one process
     >>> group.world, group.rank, group.shard(5)
     (1, 0, [0, 1, 2, 3, 4])

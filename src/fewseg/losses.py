@@ -3,8 +3,11 @@
 Every loss maps (logits [N,1,H,W], target {0,1} [N,1,H,W], ignore bool [N,1,H,W] | None) -> scalar.
 
 Example:
-    >>> loss_fn = fewseg.losses.get_loss("bce+dice")
-    >>> loss_fn(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8), None)
+    >>> import torch
+    >>> from fewseg.losses import get_loss
+    >>> loss_fn = get_loss("bce+dice")
+    >>> round(loss_fn(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8), None).item(), 4)
+    1.023
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ a class with summed union 0 is absent from ``per_class``/``miou``, an episode wi
 
 Example:
     >>> import torch
+    >>> from fewseg.metrics import IoUAccumulator, binary_stats
     >>> pred = torch.tensor([[[[True, True, False, False]]]])    # [N=1,1,H=1,W=4]
     >>> target = torch.tensor([[[[1., 0., 1., 0.]]]])
     >>> acc = IoUAccumulator()
@@ -74,6 +75,8 @@ def binary_stats(pred: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor 
         :class:`BinaryStats` of int64 ``[N]`` tensors.
 
     Example:
+        >>> import torch
+        >>> from fewseg.metrics import binary_stats
         >>> s = binary_stats(torch.tensor([[[[True, False]]]]), torch.tensor([[[[1., 1.]]]]))
         >>> s.fg_inter.tolist(), s.fg_union.tolist(), s.bg_inter.tolist(), s.bg_union.tolist()
         ([1], [2], [0], [1])
@@ -122,6 +125,8 @@ class IoUAccumulator:
     :meth:`summary` gives plain-Python metrics (definitions in the module docstring).
 
     Example:
+        >>> import torch
+        >>> from fewseg.metrics import BinaryStats, IoUAccumulator
         >>> acc = IoUAccumulator()
         >>> acc.update(1, BinaryStats(*torch.tensor([[1], [2], [1], [2]])))   # fg IoU 1/2
         >>> acc.update(2, BinaryStats(*torch.tensor([[1], [1], [3], [3]])))   # fg IoU 1

@@ -4,6 +4,7 @@
 (a link to the same folder) for ``--config configs/synthetic_maml.yaml``.
 
 Example:
+    >>> from fewseg.recipes import recipe_names, resolve_recipe
     >>> "synthetic_maml" in recipe_names()
     True
     >>> resolve_recipe("synthetic_maml.yaml").name

@@ -1,7 +1,8 @@
 """A network with task-adapted weights: what adaptation returns and what predicts new images.
 
 Example:
-    >>> algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn"), inner_steps=1)
+    >>> import torch, fewseg
+    >>> algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn", width=4), inner_steps=1)
     >>> adapted = algo.adapt(torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float())
     >>> adapted.predict(torch.rand(3, 3, 16, 16)).shape
     torch.Size([3, 1, 16, 16])

@@ -10,7 +10,8 @@ Elsewhere: the inner loop (``inner_loop``), task weights (``weighting``), how ta
 
 Example:
     >>> import torch, fewseg
-    >>> algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn", width=4), inner_steps=2, inner_lr=0.1)
+    >>> model = fewseg.create_model("seed-cnn", width=4)
+    >>> algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.1)
     >>> batch = fewseg.MetaBatch(torch.rand(2, 2, 3, 16, 16), torch.ones(2, 2, 1, 16, 16),
     ...                          torch.rand(2, 2, 3, 16, 16), torch.zeros(2, 2, 1, 16, 16))
     >>> logs = algo.meta_backward(batch, iteration=0)           # meta-gradient now in .grad

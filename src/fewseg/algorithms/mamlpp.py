@@ -31,6 +31,7 @@ def step_loss_weights(steps: int, iteration: int, anneal_iterations: int) -> lis
     [0, ..., 0, 1]. Always sums to 1.
 
     Example:
+        >>> from fewseg.algorithms.mamlpp import step_loss_weights
         >>> step_loss_weights(4, 0, 10)
         [0.25, 0.25, 0.25, 0.25]
     """

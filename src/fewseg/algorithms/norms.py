@@ -2,7 +2,13 @@
 leaks from query images into adaptation.
 
 Example:
+    >>> import torch
+    >>> from fewseg.algorithms.norms import check_norm_layers
     >>> check_norm_layers(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4)), "error")
+    >>> check_norm_layers(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)), "error")
+    Traceback (most recent call last):
+    ...
+    ValueError: model has BatchNorm layer '1': use GroupNorm, or pass batchnorm='batch-stats' ...
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ e.g. FOMAML's ``first_order=True``). A core option outside ``OPTIONS`` may only 
 fixed value): anything else is refused in one line naming the option, never silently ignored.
 
 Example:
+    >>> from fewseg.algorithms.options import resolve_options
     >>> resolve_options("reptile", frozenset({"inner_lr"}), {}, {"inner_lr": 0.1})["inner_lr"]
     0.1
 """

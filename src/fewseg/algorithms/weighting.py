@@ -7,6 +7,8 @@
   long-tailed class sampling. Needs the image count of every class (``class_counts``).
 
 Example:
+    >>> import torch
+    >>> from fewseg.algorithms.weighting import TaskWeighting
     >>> TaskWeighting("hard")(torch.tensor([0.1, 0.5]), [3, 7])
     tensor([0.4013, 0.5987])
 """

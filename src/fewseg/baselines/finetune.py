@@ -1,8 +1,13 @@
 """Fine-tuning a copy of a network on the support set (random-init and transfer baselines).
 
 Example:
-    >>> learner = FineTuneLearner(model, steps=100, lr=1e-3, optimizer="adam")
-    >>> probs = learner.adapt(support_x, support_y).predict(query_x)     # [Q,1,H,W]
+    >>> import torch, fewseg
+    >>> from fewseg.baselines.finetune import FineTuneLearner
+    >>> model = fewseg.create_model("seed-cnn", width=4)
+    >>> support_x, support_y = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    >>> learner = FineTuneLearner(model, steps=2, lr=1e-3, optimizer="adam")
+    >>> learner.adapt(support_x, support_y).predict(torch.rand(3, 3, 16, 16)).shape   # [Q,1,H,W]
+    torch.Size([3, 1, 16, 16])
 """
 from __future__ import annotations
 

@@ -1,8 +1,13 @@
 """Prototype baseline (PANet-style): masked average pooling of support features, cosine similarity on queries.
 
 Example:
+    >>> import torch, fewseg
+    >>> from fewseg.baselines.prototype import PrototypeLearner
+    >>> model = fewseg.create_model("seed-cnn", width=4)
+    >>> support_x, support_y = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
     >>> learner = PrototypeLearner(encoder=model.features, scale=20.0)
-    >>> probs = learner.adapt(support_x, support_y).predict(query_x)     # [Q,1,H,W]
+    >>> learner.adapt(support_x, support_y).predict(torch.rand(3, 3, 16, 16)).shape   # [Q,1,H,W]
+    torch.Size([3, 1, 16, 16])
 """
 from __future__ import annotations
 

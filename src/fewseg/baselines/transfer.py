@@ -4,7 +4,13 @@ Each training example is one image of a train class with that class's binary mas
 mini-batches (standard supervised training, no episodes, no inner loop).
 
 Example:
-    >>> model = pretrain_transfer(fewseg.create_model("seed-cnn"), train_set, image_passes=20000, seed=0)
+    >>> import fewseg
+    >>> from fewseg.baselines.transfer import pretrain_transfer
+    >>> train_set = fewseg.create_dataset("synthetic", split="train", seed=0, image_size=16)
+    >>> model = pretrain_transfer(fewseg.create_model("seed-cnn", width=4), train_set, image_passes=8,
+    ...                           batch_size=4, seed=0)          # e.g. image_passes=20000 for a real run
+    >>> model(train_set.load(0, train_set.class_ids()[0]).image[None]).shape
+    torch.Size([1, 1, 16, 16])
 """
 from __future__ import annotations
 

@@ -3,9 +3,12 @@
 A dataset knows nothing of episodes; :class:`fewseg.data.sampler.EpisodeSampler` builds them.
 
 Example:
-    >>> ds = fewseg.create_dataset("synthetic", split="train", seed=0)
+    >>> import fewseg
+    >>> ds = fewseg.create_dataset("synthetic", split="train", seed=0, image_size=16)
     >>> c = ds.class_ids()[0]; key = ds.items(c)[0]
     >>> s = ds.load(key, c)        # Sample(image [3,H,W] float32, mask [1,H,W] {0,1}, ignore [1,H,W] bool)
+    >>> tuple(s.image.shape), tuple(s.mask.shape), s.ignore.dtype
+    ((3, 16, 16), (1, 16, 16), torch.bool)
 """
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
 """Episodes (one task) and meta-batches (T tasks), with shape and dtype checks.
 
 Example:
-    >>> batch = fewseg.MetaBatch(sx, sy, qx, qy)   # [T,S,3,H,W], [T,S,1,H,W] in {0,1}, [T,Q,3,H,W], [T,Q,1,H,W]
-    >>> batch.num_tasks, batch.shots
-    (4, 5)
+    >>> import torch, fewseg
+    >>> sx, sy = torch.rand(4, 5, 3, 16, 16), torch.ones(4, 5, 1, 16, 16)     # [T,S,3,H,W], [T,S,1,H,W] {0,1}
+    >>> qx, qy = torch.rand(4, 2, 3, 16, 16), torch.zeros(4, 2, 1, 16, 16)    # [T,Q,3,H,W], [T,Q,1,H,W]
+    >>> batch = fewseg.MetaBatch(sx, sy, qx, qy)
+    >>> batch.num_tasks, batch.shots, tuple(batch.task(0).query_x.shape)
+    (4, 5, (2, 3, 16, 16))
 """
 from __future__ import annotations
 

@@ -3,9 +3,24 @@
 Every failure is a :class:`~fewseg.errors.DataError` with one line that names the file.
 
 Example:
-    >>> img = read_image("cat/1.jpg")              # uint8 [H,W,3]
-    >>> fg, ignore = read_binary_mask("cat/1.png")  # bool [H,W], bool [H,W]
-    >>> labels = read_label_map("labels/0001.png")  # uint8 [H,W] class ids (int64 for 16-bit files)
+    >>> import os, tempfile, numpy as np
+    >>> from PIL import Image
+    >>> from fewseg.data.io import read_binary_mask, read_image, read_label_map
+    >>> d = tempfile.mkdtemp()
+    >>> Image.new("RGB", (4, 2), (200, 30, 30)).save(os.path.join(d, "1.jpg"))
+    >>> Image.fromarray(np.array([[0, 255, 255, 0]] * 2, np.uint8)).save(os.path.join(d, "1.png"))
+    >>> Image.fromarray(np.array([[0, 1, 7, 255]] * 2, np.uint8)).save(os.path.join(d, "0001.png"))
+    >>> read_image(os.path.join(d, "1.jpg")).shape               # uint8 [H,W,3]
+    (2, 4, 3)
+    >>> fg, ignore = read_binary_mask(os.path.join(d, "1.png"))  # bool [H,W], bool [H,W]
+    >>> fg[0].tolist(), bool(ignore.any())
+    ([False, True, True, False], False)
+    >>> read_label_map(os.path.join(d, "0001.png"))[0].tolist()  # uint8 class ids (int64 for 16-bit files)
+    [0, 1, 7, 255]
+    >>> read_image(os.path.join(d, "2.jpg"))
+    Traceback (most recent call last):
+    ...
+    fewseg.errors.DataError: image .../2.jpg does not exist
 """
 from __future__ import annotations
 

@@ -1,10 +1,15 @@
 """The one place that builds episodes from any dataset, with its own seeded generator.
 
 Example:
-    >>> ds = fewseg.create_dataset("synthetic", split="train", seed=0)
-    >>> sampler = fewseg.EpisodeSampler(ds, shots=5, queries=5, seed=0)
-    >>> batch = sampler.meta_batch(4)          # MetaBatch with T=4
-    >>> episodes = sampler.fixed_episodes(100) # a fixed list for evaluation
+    >>> import fewseg
+    >>> ds = fewseg.create_dataset("synthetic", split="train", seed=0, image_size=16)
+    >>> sampler = fewseg.EpisodeSampler(ds, shots=2, queries=1, seed=0)
+    >>> batch = sampler.meta_batch(3)          # MetaBatch with T=3
+    >>> batch.num_tasks, batch.shots, len(batch.class_ids)
+    (3, 2, 3)
+    >>> episodes = sampler.fixed_episodes(4)   # a fixed list for evaluation
+    >>> len(episodes), tuple(episodes[0].query_x.shape)
+    (4, (1, 3, 16, 16))
 """
 from __future__ import annotations
 

@@ -1,13 +1,19 @@
 """The embedded default dataset: procedurally generated shapes, no files and no download.
 
+One module: the class space, its fixed splits and the renderer together are the dataset's definition (a class id
+means nothing without the renderer that draws it, nor a split without the class space it cuts).
+
 Each class is a (shape family, texture, colour scheme) triple; every image holds one object of the
 requested class (the mask) plus distractor objects of *other* classes of the same split, on a dull
 textured background. Images are generated on the fly, deterministically from ``(seed, class, key)``.
 
 Example:
-    >>> ds = SyntheticDataset(split="train", seed=0, image_size=64)
+    >>> from fewseg.data.synthetic import SyntheticDataset
+    >>> ds = SyntheticDataset(split="train", seed=0, image_size=16)
     >>> c = ds.class_ids()[0]
-    >>> s = ds.load(0, c)          # image [3,64,64] float32 in [0,1], mask [1,64,64] {0,1}
+    >>> s = ds.load(0, c)          # image [3,16,16] float32 in [0,1], mask [1,16,16] {0,1}
+    >>> tuple(s.image.shape), s.image.dtype, sorted(s.mask.unique().tolist())
+    ((3, 16, 16), torch.float32, [0.0, 1.0])
 """
 from __future__ import annotations
 
@@ -112,12 +118,13 @@ class SyntheticDataset(SegmentationDataset):
         num_classes: keep only this many classes of the split (a fixed subset), e.g. for quick runs.
 
     Example:
-        >>> ds = SyntheticDataset(split="train", seed=0, image_size=64, images_per_class=200)
+        >>> from fewseg.data.synthetic import SyntheticDataset
+        >>> ds = SyntheticDataset(split="train", seed=0, image_size=16, images_per_class=200)
         >>> len(ds.class_ids()), ds.class_names[ds.class_ids()[0]]
         (180, 'disc/solid/red')
         >>> s = ds.load(3, ds.class_ids()[0])
         >>> tuple(s.image.shape), tuple(s.mask.shape), tuple(s.ignore.shape)    # [3,H,W], [1,H,W], [1,H,W]
-        ((3, 64, 64), (1, 64, 64), (1, 64, 64))
+        ((3, 16, 16), (1, 16, 16), (1, 16, 16))
         >>> r = ds.render(ds.class_ids()[0], 3)   # numpy image, target mask, distractor mask, distractor ids
         >>> set(r.distractor_classes) <= set(ds.class_ids()) and ds.class_ids()[0] not in r.distractor_classes
         True

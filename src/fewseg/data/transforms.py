@@ -1,10 +1,17 @@
 """Resizing an (image, labels) pair to a square, and joint training augmentation.
 
 Example:
-    >>> img, lab = resize_pair(photo_uint8_hw3, labels_hw, 64, mode="pad")  # [3,64,64] float, [64,64] int64
+    >>> import numpy as np, torch
+    >>> from fewseg.data.transforms import JointAugment, resize_pair
+    >>> photo, labels = np.zeros((30, 60, 3), np.uint8), np.ones((30, 60), np.uint8)   # [H,W,3], [H,W]
+    >>> img, lab = resize_pair(photo, labels, 16, mode="pad")    # [3,16,16] float, [16,16] int64
+    >>> img.dtype, lab.dtype, sorted(lab.unique().tolist())      # padding is labelled 255 (ignore)
+    (torch.float32, torch.int64, [1, 255])
     >>> aug = JointAugment(flip=True, scale=(0.8, 1.2), colour=0.2)
     >>> g = torch.Generator().manual_seed(0)
-    >>> image, mask, ignore = aug(image, mask, ignore, g)   # [3,H,W], [1,H,W], [1,H,W] bool
+    >>> image, mask, ignore = aug(img, (lab == 1).float()[None], (lab == 255)[None], g)
+    >>> tuple(image.shape), tuple(mask.shape), ignore.dtype           # [3,H,W], [1,H,W], [1,H,W] bool
+    ((3, 16, 16), (1, 16, 16), torch.bool)
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ def content_box(H: int, W: int, size: int, mode: str) -> tuple[int, int, int, in
     None for "crop" (part of the photo is cut away, so predictions cannot cover the original).
 
     Example:
+        >>> from fewseg.data.transforms import content_box
         >>> content_box(30, 60, 32, "pad")
         (8, 0, 16, 32)
     """
@@ -107,6 +115,8 @@ def resize_pair(image: np.ndarray, labels: np.ndarray, size: int, mode: str = "s
     ``"crop"`` scales the shorter side to ``size`` and takes the centre crop.
 
     Example:
+        >>> import numpy as np
+        >>> from fewseg.data.transforms import resize_pair
         >>> img, lab = resize_pair(np.zeros((30, 60, 3), np.uint8), np.zeros((30, 60), np.uint8), 32, "pad")
         >>> img.shape, lab.shape, int(lab[0, 0])
         (torch.Size([3, 32, 32]), torch.Size([32, 32]), 255)
@@ -143,10 +153,14 @@ class JointAugment:
     augmentation.
 
     Example:
+        >>> import torch
+        >>> from fewseg.data.transforms import JointAugment
         >>> aug = JointAugment()
         >>> g = torch.Generator().manual_seed(0)
-        >>> ign = torch.zeros(1, 64, 64, dtype=torch.bool)
-        >>> img, mask, ign = aug(torch.rand(3, 64, 64), torch.zeros(1, 64, 64), ign, g)
+        >>> ign = torch.zeros(1, 16, 16, dtype=torch.bool)
+        >>> img, mask, ign = aug(torch.rand(3, 16, 16), torch.zeros(1, 16, 16), ign, g)
+        >>> tuple(img.shape), tuple(mask.shape), tuple(ign.shape)
+        ((3, 16, 16), (1, 16, 16), (1, 16, 16))
     """
 
     def __init__(self, flip: bool = True, scale: tuple[float, float] | None = (0.8, 1.2),

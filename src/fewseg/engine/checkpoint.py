@@ -6,6 +6,9 @@
     optimizer.pt          optional: optimizer state (and any other plain tensor/number/string dict),
                           read back with ``torch.load(weights_only=True)``
 
+One module: saving, the interrupt guard around its renames and loading (with its fallback to the moved-aside
+copy) are one crash protocol over the same ``.tmp-<pid>``/``.old-<pid>`` names.
+
 A save writes everything into a sibling ``<dir>.tmp-<pid>`` and fsyncs it; then, inside
 :func:`delay_keyboard_interrupt`, it moves an existing ``<dir>`` aside to ``<dir>.old-<pid>``, renames the
 new directory into place and deletes the old one. A crash at any point leaves either the old or the new
@@ -14,6 +17,7 @@ missing (a crash between the two renames). Loading never executes stored code.
 
 Example:
     >>> import tempfile, torch
+    >>> from fewseg.engine.checkpoint import load_checkpoint, save_checkpoint
     >>> d = tempfile.mkdtemp() + "/last"
     >>> save_checkpoint(d, {"w": torch.zeros(2)}, {"iteration": 3})
     >>> ckpt = load_checkpoint(d)
@@ -82,6 +86,7 @@ def delay_keyboard_interrupt() -> Iterator[None]:
     instead. Signal handlers can only be set in the main thread: elsewhere this does nothing.
 
     Example:
+        >>> from fewseg.engine.checkpoint import delay_keyboard_interrupt
         >>> with delay_keyboard_interrupt():
         ...     pass  # a step that must not be cut in half
     """
@@ -178,10 +183,13 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tenso
     Raises ``TypeError``/``ValueError`` for a bad argument before anything is written.
 
     Example:
-        >>> import tempfile, torch
+        >>> import os, tempfile, torch
+        >>> from fewseg.engine.checkpoint import save_checkpoint
         >>> model = torch.nn.Linear(2, 1); opt = torch.optim.Adam(model.parameters())
-        >>> save_checkpoint(tempfile.mkdtemp() + "/ckpt", model.state_dict(), {"iteration": 0},
-        ...                 {"optimizer": opt.state_dict()})
+        >>> d = tempfile.mkdtemp() + "/ckpt"
+        >>> save_checkpoint(d, model.state_dict(), {"iteration": 0}, {"optimizer": opt.state_dict()})
+        >>> sorted(os.listdir(d))
+        ['meta.json', 'optimizer.pt', 'weights.safetensors']
     """
     final = Path(directory)
     # serialise what can fail before touching the disk
@@ -277,8 +285,9 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
 
     Example:
         >>> import tempfile, torch
+        >>> from fewseg.engine.checkpoint import load_checkpoint, save_checkpoint
         >>> d = tempfile.mkdtemp() + "/ckpt"
-        >>> save_checkpoint(d, {"w": torch.ones(1)}, {"kind": "meta"}, {"step": 1})
+        >>> save_checkpoint(d, {"w": torch.ones(1)}, {"iteration": 1}, {"step": 1})
         >>> load_checkpoint(d).optimizer_state
         {'step': 1}
     """

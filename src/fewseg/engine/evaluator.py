@@ -5,8 +5,14 @@ whose ``predict(images [N,3,H,W]) -> [N,1,H,W]`` gives foreground probabilities.
 never builds a second-order graph.
 
 Example:
-    >>> episodes = EpisodeSampler(test_ds, shots=5, queries=5, seed=123).fixed_episodes(300)
-    >>> summary = evaluate(MetaLearner(algo, steps=10), episodes)     # {"miou": ..., "fb_iou": ..., ...}
+    >>> import fewseg
+    >>> from fewseg.engine.evaluator import MetaLearner, evaluate
+    >>> test_ds = fewseg.create_dataset("synthetic", split="test", seed=0, image_size=16)
+    >>> algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn", width=4), inner_steps=1)
+    >>> episodes = fewseg.EpisodeSampler(test_ds, shots=2, queries=2, seed=123).fixed_episodes(3)  # e.g. 300
+    >>> summary = evaluate(MetaLearner(algo, steps=1), episodes)     # {"miou": ..., "fb_iou": ..., ...}
+    >>> summary["n_episodes"], 0 <= summary["miou"] <= 1, 0 <= summary["fb_iou"] <= 1
+    (3, True, True)
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Meta-training: config in, checkpoints and logs out; resumable to the same weights.
 
+One module: the loop, its checkpoints, its log and resume share one state (iteration, optimiser, sampler RNG,
+best score), which must be written and read back together for a resumed run to reach the same weights.
+
 Output directory:
     config.yaml          the resolved config
     data.json            the classes of each split (and the dataset's own description)
@@ -7,9 +10,16 @@ Output directory:
     checkpoints/last     weights.safetensors + meta.json + optimizer.pt (atomic)
     checkpoints/best     the best validation mIoU so far
 
-Example:
-    >>> cfg = load_config("synthetic_maml", ["train.iterations=20"])
-    >>> result = Trainer(cfg).fit()          # {"iteration": 20, "best_val_miou": ..., "output": ...}
+Example (a tiny run; the recipe itself trains 300 iterations of a depth-3 U-Net on 48x48 images):
+    >>> import os, tempfile
+    >>> from fewseg.config import load_config
+    >>> from fewseg.engine.trainer import Trainer
+    >>> tiny = ["train.iterations=2", "train.val_episodes=2", "data.image_size=16", "model.options.depth=2",
+    ...         "model.options.width=4", f"output={tempfile.mkdtemp()}"]
+    >>> cfg = load_config("synthetic_maml", tiny)
+    >>> result = Trainer(cfg, progress=False).fit()   # {"iteration": 2, "best_val_miou": ..., "output": ...}
+    >>> result["iteration"], sorted(os.listdir(result["output"]))
+    (2, ['checkpoints', 'config.yaml', 'data.json', 'log.jsonl'])
 """
 from __future__ import annotations
 

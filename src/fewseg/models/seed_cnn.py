@@ -1,9 +1,10 @@
 """The reference network of the project: three 3x3 convolutions.
 
 Example:
-    >>> model = fewseg.create_model("seed-cnn")
-    >>> model(torch.zeros(2, 3, 64, 64)).shape
-    torch.Size([2, 1, 64, 64])
+    >>> import torch, fewseg
+    >>> model = fewseg.create_model("seed-cnn", width=4)
+    >>> model(torch.zeros(2, 3, 16, 16)).shape
+    torch.Size([2, 1, 16, 16])
 """
 from __future__ import annotations
 

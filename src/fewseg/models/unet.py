@@ -1,9 +1,10 @@
 """A U-Net with GroupNorm (vmap-safe, no running statistics).
 
 Example:
-    >>> model = fewseg.create_model("unet", depth=3, width=16)
-    >>> model(torch.zeros(2, 3, 64, 64)).shape
-    torch.Size([2, 1, 64, 64])
+    >>> import torch, fewseg
+    >>> model = fewseg.create_model("unet", depth=2, width=4)
+    >>> model(torch.zeros(2, 3, 16, 16)).shape
+    torch.Size([2, 1, 16, 16])
 """
 from __future__ import annotations
 

@@ -3,11 +3,25 @@
 Construction only lists folders; masks are decoded the first time a class's ``items()`` is asked for
 (to drop empty masks) and images in ``load()``.
 
-Example:
-    >>> ds = FolderDataset("data/fss", split="train", image_size=64, seed=0)
+Example (a tiny class folder made on the spot; a real root is e.g. ``data/fss``):
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from fewseg.data.sources.folder import FolderDataset
+    >>> root = tempfile.mkdtemp()
+    >>> for name in ("cat", "dog"):
+    ...     os.mkdir(os.path.join(root, name))
+    ...     Image.new("RGB", (12, 8)).save(os.path.join(root, name, "1.jpg"))
+    ...     Image.new("L", (12, 8), 255).save(os.path.join(root, name, "1.png"))  # mask: all foreground
+    >>> ds = FolderDataset(root, split="all", image_size=16, seed=0)
     >>> c = ds.class_ids()[0]
-    >>> s = ds.load(ds.items(c)[0], c)   # image [3,64,64] float32 in [0,1], mask [1,64,64], ignore [1,64,64]
-    >>> fss = create_dataset("fss1000", root="data/FSS-1000", split="test")   # the 520/240/240 HSNet split
+    >>> ds.class_names, ds.items(c)
+    ({0: 'cat', 1: 'dog'}, ['cat/1.jpg'])
+    >>> s = ds.load(ds.items(c)[0], c)   # image [3,16,16] float32 in [0,1], mask [1,16,16], ignore [1,16,16]
+    >>> tuple(s.image.shape), tuple(s.mask.shape), tuple(s.ignore.shape)
+    ((3, 16, 16), (1, 16, 16), (1, 16, 16))
+
+A downloaded FSS-1000 loads with ``create_dataset("fss1000", root="data/FSS-1000", split="test")``, in the
+520/240/240 class split of HSNet (:class:`FSS1000Dataset`).
 """
 from __future__ import annotations
 
@@ -75,8 +89,19 @@ class FolderDataset(SegmentationDataset):
     ``min_foreground`` of the pixels) are left out of ``items()`` with a warning.
 
     Example:
-        >>> ds = FolderDataset("data/fss", split="val", image_size=64, resize="pad")
-        >>> ds.describe()["classes"]    # {id: name} of the val classes
+        >>> import os, tempfile
+        >>> from PIL import Image
+        >>> from fewseg.data.sources.folder import FolderDataset
+        >>> root = tempfile.mkdtemp()   # five class folders of one 12x8 image and its mask each
+        >>> for name in ("ant", "bee", "cat", "dog", "eel"):
+        ...     os.mkdir(os.path.join(root, name))
+        ...     Image.new("RGB", (12, 8)).save(os.path.join(root, name, "1.jpg"))
+        ...     Image.new("L", (12, 8), 255).save(os.path.join(root, name, "1.png"))
+        >>> ds = FolderDataset(root, split="val", image_size=16, resize="pad")
+        >>> ds.describe()["classes"]    # {id: name} of the val classes (a seeded random split)
+        {4: 'eel'}
+        >>> int(ds.load("eel/1.jpg", 4).ignore.sum())   # the padding above and below the photo is ignored
+        80
     """
 
     name = "folder"
@@ -237,8 +262,11 @@ class FolderDataset(SegmentationDataset):
 class FSS1000Dataset(FolderDataset):
     """FSS-1000 with the 520/240/240 class split of HSNet (shipped in ``fewseg/splits/fss1000_*.txt``).
 
-    Example:
-        >>> ds = FSS1000Dataset("data/FSS-1000", split="test")   # 240 test classes
+    ``FSS1000Dataset("data/FSS-1000", split="test")`` takes the 240 test classes of a downloaded FSS-1000:
+
+        >>> from importlib.resources import files
+        >>> len((files("fewseg") / "splits" / "fss1000_test.txt").read_text().split())
+        240
     """
 
     name = "fss1000"

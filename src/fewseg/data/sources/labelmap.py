@@ -1,4 +1,7 @@
-"""Datasets of photos with class-id label maps (CCP, CamVid, PASCAL-style), split into class folds.
+r"""Datasets of photos with class-id label maps (CCP, CamVid, PASCAL-style), split into class folds.
+
+One module: the cached scan of the label maps exists only to give the dataset its usable classes, folds and
+per-class image lists.
 
 Layout::
 
@@ -10,11 +13,23 @@ Layout::
 The per-image foreground fraction of every class is scanned once per label folder and cached in memory
 and on disk (``$FEWSEG_CACHE`` or ``~/.cache/fewseg``), so later constructions take milliseconds.
 
-Example:
-    >>> ds = LabelMapDataset("../shared/data/ccp", split="test", fold=0, n_folds=4)
+Example (two 10x6 label maps made on the spot; a real root is e.g. ``../shared/data/ccp``):
+    >>> import os, tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from fewseg.data.sources.labelmap import LabelMapDataset
+    >>> root = Path(tempfile.mkdtemp()); os.environ["FEWSEG_CACHE"] = str(root / "cache")  # scans kept here
+    >>> (root / "images").mkdir(); (root / "labels").mkdir()
+    >>> _ = (root / "classes.txt").write_text("0 background\n1 road\n2 car\n3 tree\n4 sky\n")
+    >>> labels = np.arange(5, dtype=np.uint8).repeat(2)[None].repeat(6, 0)   # [6,10]: two columns per id
+    >>> for stem in ("a", "b"):
+    ...     Image.new("RGB", (10, 6)).save(root / "images" / f"{stem}.jpg")
+    ...     Image.fromarray(labels).save(root / "labels" / f"{stem}.png")
+    >>> ds = LabelMapDataset(root, split="test", fold=0, n_folds=4, image_size=16)
     >>> c = ds.class_ids()[0]
-    >>> s = ds.load(ds.items(c)[0], c)  # image [3,64,64] float32 in [0,1], mask [1,64,64], ignore [1,64,64]
-    >>> ds.describe()["fold"], ds.describe()["classes"]
+    >>> s = ds.load(ds.items(c)[0], c)  # image [3,16,16] float32 in [0,1], mask [1,16,16], ignore [1,16,16]
+    >>> ds.describe()["fold"], ds.describe()["classes"], tuple(s.mask.shape)
+    (0, {1: 'road'}, (1, 16, 16))
 """
 from __future__ import annotations
 
@@ -165,9 +180,14 @@ class LabelMapDataset(SegmentationDataset):
     *train*. ``fold="all"``: every usable class is train. ``image_split`` limits the images (not the folds).
     ``cache=True`` keeps each resized (image, labels) pair in memory.
 
-    Example:
-        >>> ds = LabelMapDataset("data/camvid", split="train", fold=1, background_ids=(), image_split="train")
-        >>> sorted(ds.class_names.values())
+    For example, ``LabelMapDataset("data/camvid", split="train", fold=1, background_ids=(),
+    image_split="train")`` keeps every listed class (id 0 too), leaves fold 1 out for testing and reads only
+    the stems listed in ``splits/train.txt``.
+    The folds of seven usable classes:
+
+        >>> from fewseg.data.sources.labelmap import fold_blocks
+        >>> fold_blocks([1, 2, 3, 4, 5, 6, 7], 4)
+        [[1, 2], [3, 4], [5, 6], [7]]
     """
 
     name = "labelmap"
