@@ -8,7 +8,8 @@ from fewseg.distributed import close_process_group, init_process_group
 from fewseg.engine.evaluator import MetaLearner, evaluate
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from dist_cases import CASES, build, episodes, meta_batch  # noqa: E402
+from dist_cases import CASES, build, episodes, meta_batch
+
 
 def main(path: str) -> None:
     torch.set_num_threads(1)
