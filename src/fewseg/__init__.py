@@ -24,6 +24,7 @@ from fewseg.data.episode import Episode, MetaBatch, collate
 from fewseg.data.sampler import EpisodeSampler
 from fewseg.errors import CheckpointError, ConfigError, DataError, FewsegError, TrainingError
 from fewseg.registry import ALGORITHMS, BASELINES, DATASETS, MODELS
+from fewseg.segmenter import AdaptedSegmenter, Prediction, Segmenter, load, load_adapted
 
 __version__ = "0.1.0"  # the one place of the version (pyproject.toml reads it)
 _register_datasets()
@@ -63,6 +64,7 @@ def create_dataset(name: str, **kwargs: Any) -> SegmentationDataset:
 
 __all__ = [
     "Adapted",
+    "AdaptedSegmenter",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -71,9 +73,11 @@ __all__ = [
     "FewsegError",
     "MetaAlgorithm",
     "MetaBatch",
+    "Prediction",
     "Record",
     "Sample",
     "SegmentationDataset",
+    "Segmenter",
     "TrainingError",
     "collate",
     "create_algorithm",
@@ -83,4 +87,6 @@ __all__ = [
     "list_baselines",
     "list_datasets",
     "list_models",
+    "load",
+    "load_adapted",
 ]

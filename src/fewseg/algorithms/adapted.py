@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from fewseg.algorithms.inner_loop import Params
-from fewseg.data.episode import check_images
+from fewseg.data.episode import check_images, check_unit_range
 
 
 @dataclass
 class Adapted:
-    """``predict(images [N,3,H,W]) -> [N,1,H,W]`` foreground probabilities, ``chunk`` images per forward."""
+    """``predict(images [N,C,H,W] in [0,1]) -> [N,1,H,W]`` foreground probabilities, ``chunk`` images per forward."""
 
     forward: Callable[[Params, torch.Tensor], torch.Tensor]
     params: Params
@@ -28,7 +28,9 @@ class Adapted:
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        check_images("images", images, 4)
+        weights = next((p for p in self.params.values() if p.dim() == 4), None)  # the first convolution's
+        check_images("images", images, 4, channels=None if weights is None else weights.shape[1])
+        check_unit_range("images", images)
         return torch.cat([self.forward(self.params, images[i:i + self.chunk])
                           for i in range(0, images.shape[0], self.chunk)])
 

@@ -32,9 +32,10 @@ from fewseg.algorithms.inner_loop import Params, inner_loop, make_forward
 from fewseg.algorithms.norms import check_norm_layers, has_batchnorm
 from fewseg.algorithms.options import CORE_OPTIONS, check_core_values, resolve_options
 from fewseg.algorithms.weighting import TaskWeighting
-from fewseg.data.episode import Episode, MetaBatch, check_images, check_masks
+from fewseg.data.episode import Episode, MetaBatch, check_images, check_masks, check_unit_range
 from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.losses import get_loss
+from fewseg.models import input_channels
 
 
 def param_key(name: str) -> str:
@@ -132,7 +133,8 @@ class MetaAlgorithm(nn.Module):
     # --- test time ----------------------------------------------------------------------------------
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
               lr: float | None = None, support_ignore: torch.Tensor | None = None) -> Adapted:
-        """Adapt to one task (no outer graph): support_x [S,3,H,W], support_y [S,1,H,W] in {0,1}."""
+        """Adapt to one task (no outer graph): support_x [S,C,H,W] floats in [0,1] (C: the model's in_channels),
+        support_y [S,1,H,W] in {0,1}."""
         support_y, support_ignore, steps, rates = self._adapt_inputs(support_x, support_y, steps, lr, support_ignore)
         params, forward = self.params_and_forward()
         with torch.no_grad():
@@ -146,7 +148,8 @@ class MetaAlgorithm(nn.Module):
 
     def _adapt_inputs(self, support_x, support_y, steps, lr, support_ignore):
         """Checked (support_y, support_ignore), the step count and the fixed rates {(step, name): rate}."""
-        check_images("support_x", support_x, 4)
+        check_images("support_x", support_x, 4, channels=input_channels(self.model))
+        check_unit_range("support_x", support_x)
         check_masks("support_y", support_y, support_x)
         if support_ignore is not None:
             check_masks("support_ignore", support_ignore, support_x, binary=False)

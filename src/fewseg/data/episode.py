@@ -15,16 +15,27 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fewseg.errors import DataError
 
-def check_images(name: str, x: torch.Tensor, ndim: int) -> None:
-    """Images: float tensor with ``ndim`` dims and 3 channels at dim -3."""
+
+def check_images(name: str, x: torch.Tensor, ndim: int, channels: int | None = None) -> None:
+    """Images: float tensor with ``ndim`` dims and ``channels`` channels at dim -3 (None: any count >= 1)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != ndim or x.shape[-3] != 3:
-        want = "[T,N,3,H,W]" if ndim == 5 else "[N,3,H,W]"
+    c = "C" if channels is None else str(channels)
+    if x.dim() != ndim or x.shape[-3] < 1 or (channels is not None and x.shape[-3] != channels):
+        want = f"[T,N,{c},H,W]" if ndim == 5 else f"[N,{c},H,W]"
         raise ValueError(f"{name} must have shape {want}, got {list(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+
+
+def check_unit_range(name: str, x: torch.Tensor) -> None:
+    """Images are floats in [0, 1]: refuse 0-255 floats, which would saturate every probability."""
+    top = float(x.max()) if x.numel() else 0.0
+    if top > 1.0 + 1e-3:
+        raise DataError(f"{name} holds values up to {top:g}, but fewseg images are floats in [0, 1] "
+                        "(divide 0-255 images by 255, or pass uint8 arrays to fewseg.load(...).adapt)")
 
 
 def check_masks(name: str, y: torch.Tensor, images: torch.Tensor, binary: bool = True) -> None:
@@ -81,6 +92,9 @@ class MetaBatch:
         check_images("query_x", self.query_x, 5)
         check_masks("support_y", self.support_y, self.support_x)
         check_masks("query_y", self.query_y, self.query_x)
+        if self.support_x.shape[2] != self.query_x.shape[2]:
+            raise ValueError(f"support_x has {self.support_x.shape[2]} channels but query_x has "
+                             f"{self.query_x.shape[2]}")
         if self.support_x.shape[0] != self.query_x.shape[0]:
             raise ValueError(f"support_x has {self.support_x.shape[0]} tasks but query_x has {self.query_x.shape[0]}")
         for name in ("support_ignore", "query_ignore"):

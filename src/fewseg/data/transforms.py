@@ -26,10 +26,17 @@ RESIZE_MODES = ("stretch", "pad", "crop")
 
 
 def _resize_image(image: np.ndarray, w: int, h: int) -> np.ndarray:
-    """uint8 [H,W,3] -> uint8 [h,w,3], bilinear (PIL antialiases when shrinking)."""
+    """[H,W,C] -> [h,w,C], bilinear (PIL antialiases when shrinking): uint8 RGB or grey through PIL's
+    8-bit modes, any other channel count or float32 one channel at a time in PIL's float mode."""
     if image.shape[0] == h and image.shape[1] == w:
         return image
-    return np.array(Image.fromarray(image, "RGB").resize((w, h), Image.BILINEAR))
+    if image.dtype == np.uint8 and image.shape[2] in (1, 3):
+        im = Image.fromarray(image, "RGB") if image.shape[2] == 3 else Image.fromarray(image[:, :, 0], "L")
+        return np.array(im.resize((w, h), Image.BILINEAR)).reshape(h, w, image.shape[2])
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, c], np.float32), "F")
+                         .resize((w, h), Image.BILINEAR)) for c in range(image.shape[2])]
+    out = np.stack(planes, axis=2)
+    return out if image.dtype == np.float32 else np.clip(np.round(out), 0, 255).astype(image.dtype)
 
 
 def _resize_labels(labels: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -79,16 +86,16 @@ def resize_arrays(image: np.ndarray, labels: np.ndarray, size: int, mode: str = 
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)  # so the pad value 255 stays distinct from True
-    if image.ndim != 3 or image.shape[2] != 3 or labels.shape != image.shape[:2]:
-        raise ValueError(f"expected image [H,W,3] and labels [H,W] of the same size, got {image.shape} "
-                         f"and {labels.shape}")
+    if image.ndim != 3 or labels.shape != image.shape[:2] or image.dtype not in (np.uint8, np.float32):
+        raise ValueError(f"expected image [H,W,C] (uint8, or float32 in [0,1]) and labels [H,W] of the same size, "
+                         f"got {image.shape} {image.dtype} and {labels.shape}")
     H, W = labels.shape
     if mode == "stretch":
         return _resize_image(image, size, size), _resize_labels(labels, size, size)
     if mode == "pad":
         top, left, h, w = content_box(H, W, size, mode)
         im, lab = _resize_image(image, w, h), _resize_labels(labels, w, h)
-        out_im = np.zeros((size, size, 3), dtype=np.uint8)
+        out_im = np.zeros((size, size, image.shape[2]), dtype=image.dtype)
         out_lab = np.full((size, size), fill_label, dtype=labels.dtype)
         out_im[top:top + h, left:left + w] = im
         out_lab[top:top + h, left:left + w] = lab
@@ -106,9 +113,9 @@ def resize_pair(image: np.ndarray, labels: np.ndarray, size: int, mode: str = "s
                 fill_label: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize a photo and its label map together to ``size x size``.
 
-    image: uint8 ``[H,W,3]``; labels: integer ``[H,W]`` (class ids or 0/1/255).
-    Returns image float32 ``[3,size,size]`` in [0,1] (bilinear, antialiased when shrinking) and labels
-    int64 ``[size,size]`` (nearest).
+    image: uint8 ``[H,W,3]`` (or ``[H,W,C]``, uint8 or float32 in [0,1]); labels: integer ``[H,W]`` (class
+    ids or 0/1/255). Returns image float32 ``[C,size,size]`` in [0,1] (bilinear, antialiased when shrinking)
+    and labels int64 ``[size,size]`` (nearest).
 
     Modes: ``"stretch"`` ignores the aspect ratio; ``"pad"`` scales the longer side to ``size``, centres
     it and pads the image with 0 and the labels with ``fill_label`` (255 = ignore by convention);
@@ -122,7 +129,8 @@ def resize_pair(image: np.ndarray, labels: np.ndarray, size: int, mode: str = "s
         (torch.Size([3, 32, 32]), torch.Size([32, 32]), 255)
     """
     im, lab = resize_arrays(image, labels, size, mode, fill_label)
-    img_t = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div_(255.0)
+    img_t = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float()
+    img_t = img_t.div_(255.0) if im.dtype == np.uint8 else img_t
     return img_t.contiguous(), torch.from_numpy(lab.astype(np.int64))
 
 

@@ -24,12 +24,22 @@ def _create(registry: Registry, section: str, name: str, *args, **kwargs):
         raise ConfigError(f"config section {section!r}: {exc}") from None
 
 
-def build_dataset(cfg: DataConfig, split: str, seed: int) -> SegmentationDataset:
+def build_dataset(cfg: DataConfig, split: str, seed: int, channels: int | None = None) -> SegmentationDataset:
+    """The ``split`` of the dataset of ``cfg``; images converted to ``channels`` (the model's in_channels)."""
+    from fewseg.data.channels import with_channels
     kwargs = dict(cfg.options)
     kwargs.update(split=split, seed=seed, image_size=cfg.image_size)
     if cfg.root is not None:
         kwargs["root"] = cfg.root
-    return _create(DATASETS, "data", cfg.name, **kwargs)
+    return with_channels(_create(DATASETS, "data", cfg.name, **kwargs), channels)
+
+
+def model_channels(cfg: Config) -> int | None:
+    """The image channels the model of ``cfg`` declares (``model.options.in_channels``), None for the default 3."""
+    channels = cfg.model.options.get("in_channels")
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
+        raise ConfigError(f"config key 'model.options.in_channels' must be an integer >= 1, got {channels!r}")
+    return channels
 
 
 def build_model(cfg: ModelConfig) -> torch.nn.Module:

@@ -9,10 +9,11 @@ import torch
 
 from fewseg.baselines import check_baselines
 from fewseg.config import DataConfig, config_from_dict
-from fewseg.engine.builders import build_all, build_dataset
+from fewseg.engine.builders import build_all, build_dataset, model_channels
 from fewseg.engine.checkpoint import load_checkpoint
 from fewseg.engine.protocol import build_methods, format_table, run_protocol
 from fewseg.errors import CheckpointError
+from fewseg.inputs import IMAGE_EXTS  # the image files fewseg reads (kept importable from here)
 from fewseg.registry import BASELINES
 
 
@@ -75,13 +76,14 @@ def evaluate_checkpoint(checkpoint, shots=None, episodes=None, queries=None, ste
     episodes = cfg.eval.episodes if episodes is None else episodes
     queries = cfg.eval.queries if queries is None else queries
     if dataset is None:
-        test_set = build_dataset(cfg.data, "test", cfg.seed)
+        test_set = build_dataset(cfg.data, "test", cfg.seed, model_channels(cfg))
     else:  # cross-dataset: every class of a dataset the model never saw
         test_set = build_dataset(DataConfig(name=dataset, root=data_root, image_size=cfg.data.image_size),
-                                 "all" if data_root is not None or dataset != cfg.data.name else "test", cfg.seed)
+                                 "all" if data_root is not None or dataset != cfg.data.name else "test", cfg.seed,
+                                 model_channels(cfg))
     log(describe_split("test", test_set.describe()))
-    train_set = build_dataset(cfg.data, "train", cfg.seed) if baselines else None
-    val_set = build_dataset(cfg.data, "val", cfg.seed) if baselines else None
+    train_set = build_dataset(cfg.data, "train", cfg.seed, model_channels(cfg)) if baselines else None
+    val_set = build_dataset(cfg.data, "val", cfg.seed, model_channels(cfg)) if baselines else None
     t0 = time.perf_counter()
     methods = build_methods(cfg, algo, steps, baselines, train_set, val_set, run_dir_of(ckpt_dir), device, log)
     results = run_protocol(methods, test_set, shots, queries, episodes, seed, device, log,
@@ -101,9 +103,6 @@ def evaluate_checkpoint(checkpoint, shots=None, episodes=None, queries=None, ste
     out.write_text(json.dumps(record, indent=1))
     log(f"results written to {out}")
     return record
-
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def find_support_pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -133,53 +132,30 @@ def find_support_pairs(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def adapt_folder(checkpoint, support, images, output, steps=None, device="cpu", log=print) -> dict:
-    """Adapt to the labelled images in ``support``; write masks and overlays of ``images`` to ``output``."""
-    import numpy as np
-    from PIL import Image
-
-    from fewseg.data.io import read_binary_mask, read_image
-    from fewseg.data.transforms import content_box, resize_pair, to_original
+def adapt_folder(checkpoint, support, images=None, output=None, steps=None, device="cpu", save_adapted=None,
+                 threshold=None, masks=None, progress=True, log=print) -> dict:
+    """Adapt to the labelled images in ``support`` (:func:`find_support_pairs`); keep the adapted model in
+    ``save_adapted`` and/or write masks, overlays and results.json of ``images`` to ``output``
+    (:func:`fewseg.engine.folders.predict_folder`). A thin user of :func:`fewseg.load`."""
+    from fewseg.engine.folders import predict_folder
     from fewseg.errors import DataError
+    from fewseg.segmenter import load
 
-    cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
-    prep = json.loads((ckpt_dir / "meta.json").read_text()).get("preprocessing") or {}  # no second weight read
-    size = int(prep.get("image_size", cfg.data.image_size))
-    mode = prep.get("resize") or cfg.data.options.get("resize", "stretch")
-    infer_mode = "pad" if mode == "crop" else mode  # a centre crop would leave the borders unsegmented
-    sx, sy, si = [], [], []
-    for img_path, mask_path in find_support_pairs(Path(support)):
-        img = read_image(img_path)
-        fg, ign = read_binary_mask(mask_path)
-        if fg.shape != img.shape[:2]:
-            raise DataError(f"mask {mask_path} is {fg.shape[1]}x{fg.shape[0]} but image {img_path} is "
-                            f"{img.shape[1]}x{img.shape[0]}")
-        if not fg.any():
-            raise DataError(f"mask {mask_path} has no foreground pixel")
-        x, lab = resize_pair(img, np.where(ign, 255, fg.astype(np.int64)), size, mode)
-        sx.append(x), sy.append((lab == 1).float()[None]), si.append((lab == 255)[None])
-    sx, sy, si = torch.stack(sx).to(device), torch.stack(sy).to(device), torch.stack(si).to(device)
-    t0 = time.perf_counter()
-    adapted = algo.adapt(sx, sy, steps=steps, support_ignore=si)
-    t_adapt = time.perf_counter() - t0
-    targets = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_EXTS) \
-        if Path(images).is_dir() else []
-    if not targets:
-        raise DataError(f"no images to segment in {images}")
-    out = Path(output)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
-    for path in targets:
-        img = read_image(path)
-        x, _ = resize_pair(img, np.zeros(img.shape[:2], np.int64), size, infer_mode)
-        logits = adapted.logits(x[None].to(device))                                  # [1,1,size,size]
-        box = content_box(img.shape[0], img.shape[1], size, infer_mode)
-        logits = to_original(logits, box, img.shape[0], img.shape[1])                # [1,1,H,W]
-        fg = (torch.sigmoid(logits)[0, 0] > cfg.eval.threshold).cpu().numpy()
-        Image.fromarray((fg * 255).astype(np.uint8)).save(out / "masks" / f"{path.stem}.png")
-        tint = img.astype(np.float32)
-        tint[fg] = 0.5 * tint[fg] + 0.5 * np.array([255, 30, 30])
-        Image.fromarray(tint.astype(np.uint8)).save(out / "overlays" / f"{path.stem}.png")
-    log(f"adapted on {len(sx)} support images in {t_adapt:.2f} s ({algo.eval_steps if steps is None else steps} "
-        f"steps); wrote {len(targets)} masks to {out / 'masks'} and overlays to {out / 'overlays'}")
-    return {"adapt_seconds": t_adapt, "n_support": len(sx), "n_images": len(targets)}
+    if images is None and save_adapted is None:
+        raise DataError("nothing to do: give --images DIR --output OUT to segment, or --save-adapted PATH")
+    if images is not None and output is None:
+        raise DataError("--images needs --output OUT (where masks and overlays are written)")
+    seg = load(checkpoint, device)
+    pairs = find_support_pairs(Path(support))
+    adapted = seg.adapt([img for img, _ in pairs], [mask for _, mask in pairs], steps=steps)
+    t_adapt = adapted.info["seconds"]
+    log(f"adapted on {len(pairs)} support images in {t_adapt:.2f} s ({adapted.info['steps']} steps)")
+    result = {"adapt_seconds": t_adapt, "n_support": len(pairs), "n_images": 0}
+    if save_adapted is not None:
+        adapted.save(save_adapted)
+        log(f"adapted model saved to {save_adapted} (use it with `fewseg predict --adapted {save_adapted}`)")
+    if images is not None:
+        record = predict_folder(adapted, images, output, threshold=threshold, masks=masks, progress=progress,
+                                log=log)
+        result.update(n_images=record["n_images"], mean_iou=record["mean_iou"])
+    return result

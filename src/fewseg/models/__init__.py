@@ -1,5 +1,23 @@
-"""Segmentation networks: any nn.Module mapping [B,3,H,W] images to [B,1,H,W] foreground logits."""
+"""Segmentation networks: any nn.Module mapping [B,C,H,W] images (C = ``in_channels``, 3 by default) to
+[B,1,H,W] foreground logits."""
 from fewseg.models.seed_cnn import SeedCNN
 from fewseg.models.unet import UNet
 
-__all__ = ["SeedCNN", "UNet"]
+__all__ = ["SeedCNN", "UNet", "input_channels"]
+
+
+def input_channels(model) -> int | None:
+    """The image channels ``model`` takes: its ``in_channels``, else its first convolution's; None if unknown.
+
+    Example:
+        >>> import fewseg
+        >>> input_channels(fewseg.create_model("unet", in_channels=1, depth=2, width=4))
+        1
+    """
+    import torch
+
+    declared = getattr(model, "in_channels", None)
+    if isinstance(declared, int):
+        return declared
+    conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels

@@ -15,7 +15,7 @@ import torch
 
 from fewseg.config import Config, load_config
 from fewseg.data.sampler import EpisodeSampler
-from fewseg.engine.builders import build_dataset
+from fewseg.engine.builders import build_dataset, model_channels
 from fewseg.engine.evaluator import MetaLearner, evaluate
 from fewseg.engine.protocol import build_methods, format_table, run_protocol
 from fewseg.engine.trainer import Trainer
@@ -56,7 +56,7 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, device: str 
     cfg, algo, _ = load_algorithm(best, device)
 
     log("[2/4] baselines (transfer pre-training uses the same image budget as meta-training)")
-    test_set = build_dataset(cfg.data, "test", cfg.seed)
+    test_set = build_dataset(cfg.data, "test", cfg.seed, model_channels(cfg))
     train_set, val_set = trainer.train_set, trainer.val_set
     steps = algo.eval_steps
     methods = build_methods(cfg, algo, steps, BASELINES.names(), train_set, val_set, out, device, log)
