@@ -3,11 +3,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-import torch
+from fewseg.errors import FewsegError, Interrupted
 
-from fewseg.errors import FewsegError
+EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143  # 128 + SIGINT, 128 + SIGTERM
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``fewseg evaluate: error: argument --shots: ... (see --help)``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+positive_int, count_int = _int_at_least(1), _int_at_least(0)
+
+
+def seed_int(text: str) -> int:
+    from fewseg.config import MAX_SEED
+    value = count_int(text)
+    if value > MAX_SEED - 1:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_SEED - 1}, got {value}")
+    return value
 
 
 def cmd_list(args) -> None:
@@ -72,7 +104,7 @@ def cmd_adapt(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from fewseg import __version__
-    p = argparse.ArgumentParser(prog="fewseg", description="Meta-learned few-shot image segmentation.")
+    p = _Parser(prog="fewseg", description="Meta-learned few-shot image segmentation.")
     p.add_argument("--version", action="version", version=f"fewseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -95,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="few-shot evaluation on test classes, beside baselines")
     s.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint directory")
-    s.add_argument("--shots", type=int, nargs="+", default=None, help="default: the run's eval.shots")
-    s.add_argument("--episodes", type=int, default=None, help="per shot count; default: the run's eval.episodes")
-    s.add_argument("--queries", type=int, default=None, help="per episode; default: the run's eval.queries")
-    s.add_argument("--steps", type=int, default=None, help="inner steps at test time")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shots", type=positive_int, nargs="+", default=None, help="default: the run's eval.shots")
+    s.add_argument("--episodes", type=positive_int, default=None,
+                   help="per shot count; default: the run's eval.episodes")
+    s.add_argument("--queries", type=positive_int, default=None, help="per episode; default: the run's eval.queries")
+    s.add_argument("--steps", type=count_int, default=None, help="inner steps at test time")
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--baselines", nargs="*", default=None,
                    help="baselines to run (no names: all of them); omit the flag for none")
     s.add_argument("--dataset", default=None, help="evaluate on another dataset (cross-dataset)")
@@ -112,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="a sub-minute smoke run")
     s.add_argument("--output", default="runs/demo")
     s.add_argument("--device", default="cpu")
-    s.add_argument("--seed", type=int, default=0, help="the recipe's seed (initialisation and episodes)")
+    s.add_argument("--seed", type=seed_int, default=0, help="the recipe's seed (initialisation and episodes)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("adapt", help="adapt to a folder of labelled images and segment new images")
@@ -120,25 +153,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--support", required=True, help="folder of images with masks <stem>.png (or masks/ subfolder)")
     s.add_argument("--images", required=True, help="folder of images to segment")
     s.add_argument("--output", required=True, help="where masks and overlays are written")
-    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--steps", type=count_int, default=None)
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_adapt)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done (also after SIGTERM once training saved its state), 2 a bad input or
+    configuration (one line on stderr, never a traceback), 130 Ctrl-C, 143 SIGTERM outside training, 1 an
+    internal error (one line; ``FEWSEG_DEBUG=1`` shows the traceback)."""
+    from fewseg.engine.checkpoint import sigterm_as_interrupt
+    from fewseg.errors import Terminated
     args = build_parser().parse_args(argv)
-    if getattr(args, "device", "cpu").startswith("cuda") and not torch.cuda.is_available():
-        print("fewseg: --device cuda asked for but CUDA is not available", file=sys.stderr)
-        return 2
     try:
-        args.func(args)
+        with sigterm_as_interrupt():
+            if getattr(args, "device", None) is not None:
+                from fewseg.engine.builders import resolve_device
+                resolve_device(args.device)
+            args.func(args)
+    except Interrupted as exc:  # training saved checkpoints/last first
+        print(f"fewseg: {exc}", file=sys.stderr)
+        return 0 if exc.signal_name == "SIGTERM" else EXIT_INTERRUPTED
     except FewsegError as exc:
         print(f"fewseg: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    except Terminated:
+        print("fewseg: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("fewseg: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # a file or folder the user named: missing, unreadable, disk full
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"fewseg: {exc.strerror or type(exc).__name__}:{where}" if exc.strerror else f"fewseg: {exc}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # never a traceback; FEWSEG_DEBUG=1 shows it
+        if os.environ.get("FEWSEG_DEBUG"):
+            raise
+        text = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+        print(f"fewseg: internal error ({reason}); FEWSEG_DEBUG=1 shows the traceback", file=sys.stderr)
+        return 1
     return 0
 
 

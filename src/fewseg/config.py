@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +32,118 @@ from fewseg.recipes import resolve_recipe
 
 # Keys removed since, which configs stored in older checkpoints (meta.json) still hold: dropped on reading them.
 LEGACY_KEYS = frozenset({"eval.steps", "eval.baselines"})
+
+MAX_IMAGE_SIZE = 4096          # data.image_size above this is refused (a typo, or a tampered checkpoint)
+MAX_SEED = 2**63 - 2           # seeds (plus offsets) must fit every generator fewseg seeds (torch, numpy)
+MAX_CONFIG_BYTES = 10_000_000  # a recipe file above this is refused unread
+MAX_YAML_VALUES = 100_000      # values after expanding YAML aliases (an anchors/aliases bomb is refused)
+MAX_YAML_DEPTH = 50            # nesting levels of a YAML document
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 3, 60, 60, 6, 6
+
+
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def short_repr(value: Any) -> str:
+    """A repr of at most a line, whatever the value's size (error messages never print a whole document)."""
+    return _SHORT.repr(value)
+
+
+# --- YAML: floats as users write them, no duplicate keys, no alias bombs -------------------------------
+_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-3`` and ``1.0e3`` as floats (YAML 1.2; PyYAML's YAML 1.1 rules read them as
+    strings) and refuses a mapping that repeats a key."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {short_repr(key)} (first on line {seen[key] + 1})",
+                            key_node.start_mark)
+                    seen[key] = key_node.start_mark.line
+                except TypeError:  # an unhashable key: the base class reports it
+                    pass
+        return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _check_expansion(root: yaml.Node, where: str) -> None:
+    """Refuse a document that nests deeper than MAX_YAML_DEPTH, refers to itself, or expands (through
+    aliases, which share nodes) to more than MAX_YAML_VALUES values; linear in the number of distinct nodes."""
+    sizes: dict[int, int] = {}
+    depth_of: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    active: set[int] = set()
+    while stack:
+        node, depth, done = stack.pop()
+        key = id(node)
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else
+                    list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            active.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_YAML_VALUES:
+                raise ConfigError(f"{where} expands to more than {MAX_YAML_VALUES:,} values through YAML "
+                                  "aliases; refusing it")
+            continue
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{where} nests more than {MAX_YAML_DEPTH} levels deep")
+        if key in active:
+            raise ConfigError(f"{where} refers to itself through a YAML alias")
+        if key in sizes and depth_of[key] >= depth:
+            continue
+        depth_of[key] = depth
+        active.add(key)
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in children)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (line, column), without PyYAML's excerpt of the text."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return " ".join(f"{exc.context or ''} {exc.problem}".split())[:200] + where
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"character {exc.character:#x} at position {exc.position} is not allowed (a binary file?)"
+    return " ".join(str(exc).split())[:200]
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse one YAML document with :class:`_ConfigLoader`; ``where`` names it in a one-line ConfigError."""
+    loader = None
+    try:
+        loader = _ConfigLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, where)
+        return loader.construct_document(node)
+    except ConfigError:
+        raise
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {_yaml_reason(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests too deeply") from None
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{where} holds a value fewseg cannot read: {' '.join(str(exc).split())[:120]}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def setting(default: Any, help: str) -> Any:
@@ -138,6 +253,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         origin = typing.get_origin(t) or t
         if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if origin is float and isinstance(value, str) and _FLOAT.match(value.strip()):  # "1e-3" from a dict
+            return float(value)
         if origin is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if origin in (str, bool, dict, list) and isinstance(value, origin):
@@ -145,12 +262,13 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         if origin is list and isinstance(value, (int, str)):
             return [value]
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
-    raise ConfigError(f"config key {key!r} must be {names}, got {value!r}")
+    raise ConfigError(f"config key {key!r} must be {names}, got {short_repr(value)}")
 
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping, got {data!r}")
+        raise ConfigError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping, "
+                          f"got {short_repr(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -160,7 +278,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
                               f"known keys of {prefix.rstrip('.') or 'the root'}: {', '.join(fields)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.")
+            kwargs[key] = _build(hint, {} if value is None else value, f"{prefix}{key}.")
         else:
             kwargs[key] = _check_type(prefix + key, value, hint)
     return cls(**kwargs)
@@ -182,8 +300,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"override {key.strip()!r}") if raw != "" else None
+    except ConfigError as exc:
+        if "not valid YAML" not in str(exc):
+            raise  # an alias bomb or deep nesting is refused, never kept as text
         value = raw
     return key.strip(), value
 
@@ -224,10 +344,23 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple = ()) -> C
     data: dict = {}
     if path is not None:
         path = resolve_recipe(path)
+        where = f"config file {str(path)!r}"
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{where} is larger than {MAX_CONFIG_BYTES:,} bytes; not a recipe")
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{where} cannot be read ({exc.strerror or exc})") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where} is not UTF-8 text (a binary file?)") from None
+        data = load_yaml(text, where)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must hold a mapping of sections (name:, data:, model:, algorithm:, "
+                              f"train:, eval:), not {_KINDS.get(type(data), type(data).__name__)} {short_repr(data)}")
     return config_from_dict(data, overrides)
 
 
@@ -247,18 +380,35 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         if _value(cfg, key) not in allowed:
             raise ConfigError(f"config key {key!r} must be one of {', '.join(allowed)}; got {_value(cfg, key)!r}")
+    t, a, e = cfg.train, cfg.algorithm, cfg.eval
     checks = [
-        ("train.iterations", cfg.train.iterations >= 0), ("train.meta_batch", cfg.train.meta_batch >= 1),
-        ("train.shots", cfg.train.shots >= 1), ("train.queries", cfg.train.queries >= 1),
-        ("train.outer_lr", cfg.train.outer_lr > 0), ("algorithm.inner_lr", cfg.algorithm.inner_lr > 0),
-        ("algorithm.inner_steps", cfg.algorithm.inner_steps >= 0), ("data.image_size", cfg.data.image_size >= 8),
-        ("eval.episodes", cfg.eval.episodes >= 1), ("train.val_every", cfg.train.val_every >= 1),
-        ("eval.shots", all(isinstance(s, int) and s >= 1 for s in cfg.eval.shots)),
-        ("eval.queries", cfg.eval.queries >= 1), ("eval.threshold", 0 < cfg.eval.threshold < 1),
+        ("train.iterations", t.iterations >= 0, ">= 0"), ("train.meta_batch", t.meta_batch >= 1, ">= 1"),
+        ("train.shots", t.shots >= 1, ">= 1"), ("train.queries", t.queries >= 1, ">= 1"),
+        ("train.outer_lr", 0 < t.outer_lr < math.inf, "> 0 and finite"),
+        ("algorithm.inner_lr", 0 < a.inner_lr < math.inf, "> 0 and finite"),
+        ("algorithm.inner_steps", a.inner_steps >= 0, ">= 0"),
+        ("algorithm.eval_steps", a.eval_steps is None or a.eval_steps >= 0, ">= 0 or null"),
+        ("algorithm.task_chunk", a.task_chunk >= 0, ">= 0"),
+        ("data.image_size", 8 <= cfg.data.image_size <= MAX_IMAGE_SIZE, f"in [8, {MAX_IMAGE_SIZE}]"),
+        ("seed", 0 <= cfg.seed <= MAX_SEED - 1, f"in [0, {MAX_SEED - 1}]"),
+        ("train.data_seed_offset", 0 <= cfg.seed + t.data_seed_offset <= MAX_SEED,
+         f"such that seed + data_seed_offset is in [0, {MAX_SEED}]"),
+        ("eval.episodes", e.episodes >= 1, ">= 1"), ("train.val_every", t.val_every >= 1, ">= 1"),
+        ("train.val_episodes", t.val_episodes >= 1, ">= 1"),
+        ("train.checkpoint_every", t.checkpoint_every >= 1, ">= 1"),
+        ("train.grad_clip", t.grad_clip >= 0, ">= 0 (0: no clipping)"),
+        ("train.max_loss", t.max_loss > 0, "> 0 (not NaN)"),
+        ("eval.shots", bool(e.shots) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                              for s in e.shots), "a non-empty list of integers >= 1"),
+        ("eval.queries", e.queries >= 1, ">= 1"), ("eval.threshold", 0 < e.threshold < 1, "in (0, 1)"),
+        ("eval.long_steps", e.long_steps >= 0, ">= 0"),
+        ("eval.lr_select_episodes", e.lr_select_episodes >= 1, ">= 1"),
+        ("eval.transfer_images", e.transfer_images >= 0, ">= 0"),
+        ("output", bool(cfg.output.strip()), "a non-empty path"),
     ]
-    for key, ok in checks:
+    for key, ok, want in checks:
         if not ok:
-            raise ConfigError(f"config key {key!r} has a bad value: {_value(cfg, key)!r}")
+            raise ConfigError(f"config key {key!r} has a bad value: {short_repr(_value(cfg, key))} (must be {want})")
 
 
 # --- the generated reference ---------------------------------------------------------------------------

@@ -19,3 +19,19 @@ class CheckpointError(FewsegError, ValueError):
 
 class TrainingError(FewsegError, RuntimeError):
     """Training cannot continue (e.g. a NaN or exploding meta-loss)."""
+
+
+class Interrupted(TrainingError):
+    """Training stopped by Ctrl-C (SIGINT) or SIGTERM after writing ``checkpoints/last``.
+
+    ``signal_name`` is ``"SIGINT"`` or ``"SIGTERM"``; the CLI exits 130 after Ctrl-C and 0 after SIGTERM
+    (a preempted job whose state is saved), so a scheduler can requeue it with ``--resume``.
+    """
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception (while fewseg's handler is installed), handled like Ctrl-C."""

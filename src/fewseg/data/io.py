@@ -24,7 +24,11 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import os
+import re
+import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,24 +37,95 @@ from PIL import Image, UnidentifiedImageError
 from fewseg.errors import DataError
 
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; ``FEWSEG_MAX_PIXELS`` changes it
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) fewseg decodes: ``$FEWSEG_MAX_PIXELS``, default 64 million.
+
+    Checked from the file header before any decoding, so a huge or forged header costs no memory; the bound
+    keeps reading, resizing and full-resolution scoring of one image in bounded memory (README, Reliability).
+    """
+    try:
+        return max(1, int(os.environ.get("FEWSEG_MAX_PIXELS") or DEFAULT_MAX_PIXELS))
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
+def _check_regular(path: str | os.PathLike, what: str) -> None:
+    """A FIFO or device would block or never end: only regular files (through symlinks) are read."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except OSError as exc:  # a symlink loop, a permission problem
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{what} {path} is not a regular file")
 
 
 def _open(path: str | os.PathLike, what: str) -> Image.Image:
     """The fully decoded PIL image at ``path``, or a DataError naming it."""
     im = None
     try:
-        im = Image.open(path)
-        im.load()  # decode now: truncated or corrupt data fails here, not later
+        _check_regular(path, what)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # fewseg's own limit applies
+            im = Image.open(path)
+            limit = max_pixels()
+            if im.width * im.height > limit:
+                raise DataError(f"{what} {path} is {im.width}x{im.height} = {im.width * im.height:,} pixels, "
+                                f"above fewseg's limit of {limit:,} (FEWSEG_MAX_PIXELS): downscale it first")
+            if im.width < 1 or im.height < 1:
+                raise DataError(f"{what} {path} has no pixels ({im.width}x{im.height})")
+            im.load()  # decode now: truncated or corrupt data fails here, not later
         return im
+    except DataError:
+        if im is not None:
+            im.close()
+        raise
     except FileNotFoundError:
         raise DataError(f"{what} {path} does not exist") from None
     except UnidentifiedImageError:
         raise DataError(f"{what} {path} is not a readable image file") from None
+    except Image.DecompressionBombError as exc:  # over 2x Image.MAX_IMAGE_PIXELS: refused before decoding
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        raise DataError(f"{what} {path} has {size}, over Pillow's decompression-bomb limit of "
+                        f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels: downscale it first "
+                        "(fewseg resizes every image to the network's size anyway)") from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated, bad CRC, permission, ...
         if im is not None:
             im.close()
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {what} {path}: {reason}") from None
+    except Exception as exc:  # noqa: BLE001  (a decoder's struct.error, IndexError, ... on a forged file)
+        if im is not None:
+            im.close()
+        raise DataError(f"cannot read {what} {path}: corrupt file ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _decoding(what: str):
+    """Decorator of a reader ``f(path)``: any failure past :func:`_open` (a pixel layout numpy or a mode
+    conversion cannot take) is a DataError naming the file, never another exception type."""
+    def wrap(read):
+        @functools.wraps(read)
+        def reader(path):
+            try:
+                return read(path)
+            except DataError:
+                raise
+            except MemoryError:
+                raise DataError(f"{what} {path} does not fit in memory") from None
+            except Exception as exc:  # noqa: BLE001
+                raise DataError(f"cannot decode {what} {path}: {_reason(exc)}") from None
+        return reader
+    return wrap
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:
@@ -63,6 +138,7 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
+@_decoding("image")
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """The photo at ``path`` as uint8 [H,W,3] RGB, whatever its mode (L, RGBA, CMYK, P, I;16, ...).
 
@@ -89,8 +165,10 @@ def _binary_from_values(v: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarra
     vmax = int(v.max())
     if vmax == 0:
         return np.zeros(v.shape, dtype=bool), ignore
-    counts = np.bincount(v.ravel().astype(np.int64, copy=False), minlength=vmax + 1)
-    present = np.flatnonzero(counts)
+    if vmax <= 65535:
+        present = np.flatnonzero(np.bincount(v.ravel().astype(np.int64, copy=False), minlength=vmax + 1))
+    else:  # 32-bit values: a histogram as long as the largest value would not fit in memory
+        present = np.unique(v)
     if len(present) <= 2 and present[0] in (0, vmax):  # {0,m} or {m}: 0/1, 0/255, 0/k masks
         return v == vmax, ignore
     if set(present.tolist()) <= {0, 1, 255}:           # VOC style: 1 = object, 255 = void
@@ -98,6 +176,7 @@ def _binary_from_values(v: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarra
     return v > half, ignore                            # anti-aliased: threshold at half the range
 
 
+@_decoding("mask")
 def read_binary_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """A class-folder mask as (foreground bool [H,W], ignore bool [H,W]).
 
@@ -120,6 +199,8 @@ def read_binary_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         return (idx != 0) & ~ignore, ignore
     if mode in _HIGH_BIT_MODES:
         if a.dtype.kind == "f":
+            if np.isnan(a).any():
+                raise DataError(f"mask {path} has NaN values")
             a = (a * 255.0 if a.size and a.max() <= 1.0 else a).clip(0, 255).astype(np.uint8)
             return _binary_from_values(a, 127)
         a = a.astype(np.int64)
@@ -139,6 +220,7 @@ def read_binary_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"mask {path} has unsupported mode {mode}: {exc}") from None
 
 
+@_decoding("label map")
 def read_label_map(path: str | os.PathLike) -> np.ndarray:
     """Class ids [H,W] from a label-map PNG: uint8 for 8-bit files (P indices, L values, grey RGB),
     int64 for 16-bit files (values kept as they are, 255 still means ignore).
@@ -168,10 +250,15 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the file header only (no decoding)."""
+    _check_regular(path, "image")
     try:
-        with Image.open(path) as im:
-            return im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
-    except (OSError, ValueError, SyntaxError):
+    except Image.DecompressionBombError:
+        raise DataError(f"image {Path(path)} declares more pixels than Pillow's decompression-bomb limit") from None
+    except Exception:  # noqa: BLE001  (OSError, SyntaxError, a decoder's struct.error on a forged header)
         raise DataError(f"image {Path(path)} is not a readable image file") from None

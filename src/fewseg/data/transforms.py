@@ -23,6 +23,7 @@ from PIL import Image
 __all__ = ["RESIZE_MODES", "JointAugment", "resize_arrays", "resize_pair"]
 
 RESIZE_MODES = ("stretch", "pad", "crop")
+CROP_ASPECT_LIMIT = 16  # "crop" of a photo longer than 16:1 cuts its centre first (bounded memory)
 
 
 def _resize_image(image: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -103,6 +104,16 @@ def resize_arrays(image: np.ndarray, labels: np.ndarray, size: int, mode: str = 
     # crop: shorter side -> size, centre crop of the longer one
     s = size / min(H, W)
     h, w = max(size, round(H * s)), max(size, round(W * s))
+    if h * w > CROP_ASPECT_LIMIT * size * size:
+        # a sliver (e.g. 1 x 5000) would be scaled to size x (size * 5000) first: cut the source to its centre
+        # square (plus a margin for the filter) before resizing, so memory stays that of a size x size image
+        side = min(H, W)
+        margin = max(1, side // 4)
+        keep_h, keep_w = min(H, side + 2 * margin), min(W, side + 2 * margin)
+        top0, left0 = (H - keep_h) // 2, (W - keep_w) // 2
+        image = image[top0:top0 + keep_h, left0:left0 + keep_w]
+        labels = labels[top0:top0 + keep_h, left0:left0 + keep_w]
+        h, w = max(size, round(keep_h * s)), max(size, round(keep_w * s))
     im, lab = _resize_image(image, w, h), _resize_labels(labels, w, h)
     top, left = (h - size) // 2, (w - size) // 2
     return (np.ascontiguousarray(im[top:top + size, left:left + size]),

@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import re
+import reprlib
 import shutil
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +46,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from fewseg.errors import CheckpointError
+from fewseg.errors import CheckpointError, Terminated
 
 __all__ = [
     "META",
@@ -53,11 +56,13 @@ __all__ = [
     "delay_keyboard_interrupt",
     "load_checkpoint",
     "save_checkpoint",
+    "sigterm_as_interrupt",
 ]
 
 WEIGHTS = "weights.safetensors"
 META = "meta.json"
 OPTIMIZER = "optimizer.pt"
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -78,12 +83,13 @@ class Checkpoint:
 # --- Ctrl-C --------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def delay_keyboard_interrupt() -> Iterator[None]:
-    """Hold back Ctrl-C (SIGINT) until the block ends, then deliver it (``KeyboardInterrupt``).
+    """Hold back Ctrl-C (SIGINT) and SIGTERM until the block ends, then deliver them.
 
-    While the block runs, SIGINT is only recorded. Afterwards the previous handler is restored and, if a
-    SIGINT arrived, it is called (Python's default raises ``KeyboardInterrupt``; SIG_DFL also gives
-    ``KeyboardInterrupt``; SIG_IGN drops it). If the block itself raises, that exception propagates
-    instead. Signal handlers can only be set in the main thread: elsewhere this does nothing.
+    While the block runs, both signals are only recorded. Afterwards the previous handlers are restored and
+    each signal that arrived is delivered to its previous handler (Python's default SIGINT handler raises
+    ``KeyboardInterrupt``, as does SIG_DFL; SIG_DFL for SIGTERM terminates the process as the signal would
+    have; SIG_IGN drops it). If the block itself raises, that exception propagates instead. Signal handlers
+    can only be set in the main thread: elsewhere this does nothing.
 
     Example:
         >>> from fewseg.engine.checkpoint import delay_keyboard_interrupt
@@ -94,17 +100,48 @@ def delay_keyboard_interrupt() -> Iterator[None]:
         yield
         return
     received: list[tuple[int, Any]] = []
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    previous = {signum: signal.getsignal(signum) for signum in _HELD_SIGNALS}
+    for signum in _HELD_SIGNALS:
+        signal.signal(signum, lambda signum, frame: received.append((signum, frame)))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-    if received:
-        if callable(previous):
-            previous(*received[0])
-        elif previous != signal.SIG_IGN:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    delivered: set[int] = set()
+    for signum, frame in received:
+        if signum in delivered:
+            continue
+        delivered.add(signum)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_IGN:
+            continue
+        elif signum == signal.SIGINT:
             raise KeyboardInterrupt
+        else:  # SIG_DFL of SIGTERM: end the process as the signal would have
+            signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`~fewseg.errors.Terminated` (a ``KeyboardInterrupt``), so the
+    Ctrl-C paths (finish the checkpoint write, save the resume point, exit) also serve SLURM, Kubernetes and
+    ``timeout``. The previous handler is restored afterwards; off the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"received signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 # --- saving ---------------------------------------------------------------------------------------------
@@ -265,15 +302,73 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _torch_load_reason(exc: BaseException) -> str:
-    """The useful part of torch.load(weights_only=True)'s long multi-line error."""
-    text = str(exc)
-    code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    """The useful part of torch.load(weights_only=True)'s long multi-line error, without its advice to
+    retry with ``weights_only=False`` (which would run the file's code)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    code = re.search(r"GLOBAL ([\w.]+)", text)
     if code:
-        return f"it refers to code ({code.group(1)}), which is never loaded"
+        return f"it refers to code ({code.group(1)}), which fewseg never loads or runs"
+    opcode = re.search(r"Unsupported operand (\d+)", text)
+    if opcode:
+        return f"it is not a plain-data pickle (pickle opcode {opcode.group(1)} is refused)"
     detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
     if detail:
         return f"not plain data: {detail.group(1).strip()}"
-    return _first_line(exc)
+    if isinstance(exc, EOFError):
+        return "the file is empty or truncated"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    first = lines[0].split(". ")[0] if lines else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], weights: Path) -> None:
+    """Refuse weights holding NaN or infinite values (a diverged or tampered file), naming the tensor."""
+    for name, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"checkpoint weights {weights} hold NaN or infinite values (tensor {name!r}); "
+                                  "refusing them rather than predicting empty masks")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_score(value: Any, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and -1.0 <= value <= 1.0
+
+
+def check_meta(meta: dict, meta_file: Path) -> None:
+    """The fields of a meta-training checkpoint (``"kind": "meta"``) have the types fewseg writes, or a
+    one-line :class:`CheckpointError` names the field: ``config`` a mapping, ``iteration`` an integer >= 0,
+    ``best_val_miou``/``last_val_miou`` scores in [-1, 1] (or null), ``algorithm_state``/``preprocessing``
+    mappings, ``pending`` null or a mapping."""
+    def bad(key: str, want: str) -> CheckpointError:
+        shown = reprlib.repr(meta.get(key))
+        return CheckpointError(f"checkpoint metadata {meta_file}: {key!r} must be {want}, got {shown}")
+
+    for key in ("config", "iteration"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint metadata {meta_file} has no {key!r}: not a complete "
+                                  "meta-training checkpoint")
+    if not isinstance(meta["config"], dict):
+        raise bad("config", "a mapping")
+    if not _is_count(meta["iteration"]):
+        raise bad("iteration", "an integer >= 0")
+    if "best_val_miou" in meta and not _is_score(meta["best_val_miou"]):
+        raise bad("best_val_miou", "a number in [-1, 1]")
+    if not _is_score(meta.get("last_val_miou"), optional=True):
+        raise bad("last_val_miou", "a number in [-1, 1] or null")
+    for key in ("algorithm_state", "preprocessing"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(key, "a mapping")
+    pending = meta.get("pending")
+    if pending is not None and not (isinstance(pending, dict) and isinstance(pending.get("record"), dict)
+                                    and isinstance(pending.get("validate"), bool)
+                                    and isinstance(pending.get("best"), bool)):
+        raise bad("pending", "null or {record, validate, best}")
 
 
 def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
@@ -300,16 +395,21 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         tensors = load_file(str(weights), device="cpu")
     except Exception as exc:  # noqa: BLE001  (any parse failure -> CheckpointError)
         raise CheckpointError(f"corrupt checkpoint weights {weights} ({_first_line(exc)})") from None
+    _check_tensors(tensors, weights)
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except Exception as exc:  # noqa: BLE001  (any parse failure -> CheckpointError)
         raise CheckpointError(f"corrupt checkpoint metadata {meta_file} ({_first_line(exc)})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"corrupt checkpoint metadata {meta_file} (not a JSON object)")
+    if meta.get("kind") == "meta":
+        check_meta(meta, meta_file)
     optimizer_state = None
     if opt_file.exists():
         try:
-            optimizer_state = torch.load(opt_file, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's multi-line warning about a foreign pickle protocol
+                warnings.simplefilter("ignore")
+                optimizer_state = torch.load(opt_file, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001  (any parse failure -> CheckpointError)
             raise CheckpointError(f"unreadable or unsafe checkpoint file {opt_file} "
                                   f"({_torch_load_reason(exc)})") from None

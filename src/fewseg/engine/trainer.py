@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -34,10 +35,16 @@ from tqdm import tqdm
 
 from fewseg.config import Config, config_from_dict
 from fewseg.data.sampler import EpisodeSampler
-from fewseg.engine.builders import build_all, build_dataset
-from fewseg.engine.checkpoint import delay_keyboard_interrupt, load_checkpoint, save_checkpoint
+from fewseg.engine.builders import build_all, build_dataset, check_model_input, resolve_device
+from fewseg.engine.checkpoint import (
+    check_meta,
+    delay_keyboard_interrupt,
+    load_checkpoint,
+    save_checkpoint,
+    sigterm_as_interrupt,
+)
 from fewseg.engine.evaluator import MetaLearner, evaluate
-from fewseg.errors import CheckpointError, TrainingError
+from fewseg.errors import CheckpointError, ConfigError, Interrupted, Terminated, TrainingError
 
 
 def outer_lr_at(cfg: Config, iteration: int) -> float:
@@ -47,6 +54,32 @@ def outer_lr_at(cfg: Config, iteration: int) -> float:
         progress = min(iteration / cfg.train.iterations, 1.0)
         return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
     return base
+
+
+def check_writable(out: Path) -> None:
+    """The run directory exists (or can be made) and takes files, else a one-line :class:`ConfigError`."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".fewseg-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"config key 'output': cannot write into {out} ({exc.strerror or exc})") from None
+
+
+def _log_iteration(line: str) -> int | None:
+    """The iteration of one log.jsonl line; None for a line cut short by a crash (or otherwise unreadable)."""
+    try:
+        value = json.loads(line).get("iteration")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def make_augment(cfg: Config):
@@ -61,9 +94,11 @@ class Trainer:
 
     def __init__(self, cfg: Config, progress: bool = True):
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        self.device = resolve_device(cfg.device, "config key 'device'")
         self.out = Path(cfg.output)
         self.progress = progress
+        check_model_input(cfg)  # an image size the network cannot take fails here, not mid-run
+        check_writable(self.out)
         self.train_set = build_dataset(cfg.data, "train", cfg.seed)
         self.val_set = build_dataset(cfg.data, "val", cfg.seed)
         self.sampler = EpisodeSampler(self.train_set, cfg.train.shots, cfg.train.queries,
@@ -80,6 +115,9 @@ class Trainer:
         self.iteration = 0
         self.best_val = -1.0
         self.last_val: float | None = None
+        # an iteration whose optimiser step is done but whose validation / best save / log line is not:
+        # {"record": log line, "validate": still to validate, "best": checkpoints/best still to write}
+        self._pending: dict | None = None
 
     # --- checkpoints -----------------------------------------------------------------------------
     def state_meta(self) -> dict:
@@ -93,32 +131,62 @@ class Trainer:
                 "pixels": "RGB scaled to [0, 1], no mean/std normalisation", "mask": "1 = class, 0 = rest",
                 "ignore_label": 255}
 
-    def save(self, name: str, sampler_state: torch.Tensor | None = None) -> Path:
+    def save(self, name: str, sampler_state: torch.Tensor | None = None, pending: dict | None = None) -> Path:
+        """Write ``checkpoints/<name>``: weights, optimiser, the sampler state that goes with them (default: the
+        sampler's current state) and, for an interrupted iteration, what of it is still to do (``pending``).
+
+        A failed write (disk full, permissions) is a one-line :class:`TrainingError`; the previous
+        checkpoint of that name is left intact (:func:`save_checkpoint` is atomic).
+        """
         path = self.out / "checkpoints" / name
         tensors = {k: v for k, v in self.algo.state_dict().items()}
         extra = {"optimizer": self.optimizer.state_dict(),
                  "sampler_rng": self.sampler.generator.get_state() if sampler_state is None else sampler_state}
-        save_checkpoint(path, tensors, self.state_meta(), extra)
+        meta = self.state_meta()
+        if pending is not None:
+            meta["pending"] = pending
+        try:
+            save_checkpoint(path, tensors, meta, extra)
+        except OSError as exc:
+            kept = "the previous one is intact" if path.exists() else "no earlier checkpoint of that name exists"
+            raise TrainingError(f"could not write checkpoint {path} ({exc.strerror or exc}); {kept}") from None
         return path
 
     def resume(self, directory: str | Path) -> None:
         ckpt = load_checkpoint(directory)
-        if ckpt.optimizer_state is None:
+        check_meta(ckpt.meta, ckpt.path / "meta.json")
+        state = ckpt.optimizer_state
+        if state is None:
             raise CheckpointError(f"checkpoint {directory} has no optimizer state: it cannot be resumed")
+        if not (isinstance(state, dict) and isinstance(state.get("optimizer"), dict)
+                and isinstance(state.get("sampler_rng"), torch.Tensor)):
+            raise CheckpointError(f"checkpoint {directory}: optimizer.pt must hold 'optimizer' (a state dict) and "
+                                  "'sampler_rng' (a generator state)")
         try:
             self.algo.load_state_dict(ckpt.tensors)
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint {directory} does not fit this model: "
                                   f"{str(exc).splitlines()[0]}") from None
-        self.optimizer.load_state_dict(ckpt.optimizer_state["optimizer"])
-        self.sampler.generator.set_state(ckpt.optimizer_state["sampler_rng"])
-        self.iteration = int(ckpt.meta["iteration"])
-        self.best_val = float(ckpt.meta["best_val_miou"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+            raise CheckpointError(f"checkpoint {directory}: the optimiser state does not fit this run "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        try:
+            self.sampler.generator.set_state(state["sampler_rng"])
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {directory}: 'sampler_rng' is not a CPU generator state "
+                                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        self.iteration = ckpt.meta["iteration"]
+        self.best_val = float(ckpt.meta.get("best_val_miou", -1.0))
         self.last_val = ckpt.meta.get("last_val_miou")
+        self._pending = ckpt.meta.get("pending")
         log = self.out / "log.jsonl"
-        if log.exists():  # drop lines written after the checkpoint
-            lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["iteration"] <= self.iteration]
-            log.write_text("".join(ln + "\n" for ln in lines))
+        if log.exists():  # drop lines written after the checkpoint (and the interrupted iteration's, redone)
+            keep_to = self.iteration - 1 if self._pending is not None else self.iteration
+            lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                     if (_log_iteration(ln) or keep_to + 1) <= keep_to]
+            _write_text_atomic(log, "".join(ln + "\n" for ln in lines))
 
     # --- the loop --------------------------------------------------------------------------------
     def validate(self) -> float:
@@ -128,63 +196,111 @@ class Trainer:
         return summary["miou"]
 
     def _write_run_files(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         data = {"train": self.train_set.describe(), "val": self.val_set.describe()}
-        (self.out / "data.json").write_text(json.dumps(data, indent=1))
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            _write_text_atomic(self.out / "data.json", json.dumps(data, indent=1))
+        except OSError as exc:
+            raise TrainingError(f"cannot write the run files into {self.out} ({exc.strerror or exc})") from None
 
     def fit(self) -> dict:
+        """Train to ``train.iterations``; returns {"iteration", "best_val_miou", "last_val_miou", "output"}.
+
+        Ctrl-C or SIGTERM: the interrupted step is skipped (or, once its optimiser step is done, kept and
+        recorded as pending), ``checkpoints/last`` is written and :class:`~fewseg.errors.Interrupted` is
+        raised; ``--resume`` then continues to the weights an uninterrupted run reaches.
+        """
         cfg = self.cfg
         self._write_run_files()
         # a fresh run starts a fresh log; a resumed one continues it (resume() already cut it at the checkpoint)
-        log = open(self.out / "log.jsonl", "a" if self.iteration > 0 else "w")  # noqa: SIM115  (closed on every exit path below)
+        log = open(self.out / "log.jsonl", "a" if self.iteration > 0 else "w", encoding="utf-8")  # noqa: SIM115
         bar = tqdm(total=cfg.train.iterations, initial=self.iteration, disable=not self.progress,
                    desc=f"meta-train {cfg.algorithm.name}", dynamic_ncols=True)
-        rng_at_start = self.sampler.generator.get_state()
+        # the sampler state that goes with the current weights: before a step, the state before its batch was
+        # drawn; once the step is applied, the sampler's current state (None)
+        resume_rng: torch.Tensor | None = None
         try:
-            while self.iteration < cfg.train.iterations:
-                rng_at_start = self.sampler.generator.get_state()
-                t0 = time.perf_counter()
-                batch = self.sampler.meta_batch(cfg.train.meta_batch).to(self.device)
-                t_data = time.perf_counter() - t0
-                lr = outer_lr_at(cfg, self.iteration)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16"):
-                    logs = self.algo.meta_backward(batch, iteration=self.iteration)
-                self._check_finite(logs["loss"])
-                grad_norm = self._clip()
-                with delay_keyboard_interrupt():
-                    self.optimizer.step()
-                    self.iteration += 1
-                record = {"iteration": self.iteration, "loss": logs["loss"], "lr": lr, "grad_norm": grad_norm,
-                          "seconds": time.perf_counter() - t0, "data_seconds": t_data,
-                          "task_weights": logs.get("task_weights")}
-                if self.iteration % cfg.train.val_every == 0 or self.iteration == cfg.train.iterations:
-                    self.last_val = self.validate()
-                    record["val_miou"] = self.last_val
-                    if self.last_val > self.best_val:
-                        self.best_val = self.last_val
-                        self.save("best")
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                if self.iteration % cfg.train.checkpoint_every == 0 or self.iteration == cfg.train.iterations:
-                    self.save("last")
-                bar.update(1)
-                bar.set_postfix(loss=f"{logs['loss']:.3f}",
-                                val_miou="-" if self.last_val is None else f"{self.last_val:.3f}")
-        except KeyboardInterrupt:
-            # the interrupted iteration never reached its optimiser step: save the state before it
-            self.save("last", sampler_state=rng_at_start)
+            with sigterm_as_interrupt():
+                if self._pending is not None:  # finish the iteration an interrupt cut short
+                    self._finish_iteration(log)
+                    self._after_iteration(bar, None, count=False)
+                while self.iteration < cfg.train.iterations:
+                    resume_rng = self.sampler.generator.get_state()
+                    t0 = time.perf_counter()
+                    batch = self.sampler.meta_batch(cfg.train.meta_batch).to(self.device)
+                    t_data = time.perf_counter() - t0
+                    lr = outer_lr_at(cfg, self.iteration)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    self.optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                        enabled=cfg.train.autocast == "bf16"):
+                        logs = self.algo.meta_backward(batch, iteration=self.iteration)
+                    self._check_finite(logs["loss"])
+                    grad_norm = self._clip()
+                    with delay_keyboard_interrupt():
+                        self.optimizer.step()
+                        self.iteration += 1
+                        record = {"iteration": self.iteration, "loss": logs["loss"], "lr": lr,
+                                  "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
+                                  "data_seconds": t_data, "task_weights": logs.get("task_weights")}
+                        validate = (self.iteration % cfg.train.val_every == 0
+                                    or self.iteration == cfg.train.iterations)
+                        self._pending = {"record": record, "validate": validate, "best": False}
+                        resume_rng = None
+                    self._finish_iteration(log)
+                    self._after_iteration(bar, logs["loss"])
+        except KeyboardInterrupt as exc:
+            signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+            try:
+                with delay_keyboard_interrupt():  # a second Ctrl-C / SIGTERM does not cut this write short
+                    path = self.save("last", sampler_state=resume_rng, pending=self._pending)
+            except KeyboardInterrupt:
+                path = self.out / "checkpoints" / "last"
+            finally:
+                bar.close()
+                log.close()
+            raise Interrupted(f"interrupted at iteration {self.iteration} ({signal_name}); state saved to {path} "
+                              f"(resume with --resume {self.out})", signal_name) from None
+        except BaseException:
             bar.close()
             log.close()
-            raise TrainingError(f"interrupted at iteration {self.iteration}; state saved to "
-                                f"{self.out / 'checkpoints' / 'last'} (resume with --resume {self.out})") from None
+            raise
         bar.close()
         log.close()
         return {"iteration": self.iteration, "best_val_miou": self.best_val, "last_val_miou": self.last_val,
                 "output": str(self.out)}
+
+    def _finish_iteration(self, log) -> None:
+        """Validation, ``checkpoints/best`` and the log line of the iteration whose step was just applied
+        (``self._pending``); each part is recorded as done as soon as it is, so an interrupt anywhere leaves
+        ``_pending`` describing exactly what is left."""
+        pending = self._pending
+        if pending["validate"]:
+            val = self.validate()
+            with delay_keyboard_interrupt():
+                self.last_val = val
+                pending["record"]["val_miou"] = val
+                if val > self.best_val:
+                    self.best_val = val
+                    pending["best"] = True
+                pending["validate"] = False
+        if pending["best"]:
+            self.save("best")
+            pending["best"] = False
+        with delay_keyboard_interrupt():
+            log.write(json.dumps(pending["record"]) + "\n")
+            log.flush()
+            self._pending = None
+
+    def _after_iteration(self, bar, loss: float | None, count: bool = True) -> None:
+        cfg = self.cfg
+        if self.iteration % cfg.train.checkpoint_every == 0 or self.iteration == cfg.train.iterations:
+            self.save("last")
+        bar.update(1 if count else 0)
+        bar.set_postfix(loss="-" if loss is None else f"{loss:.3f}",
+                        val_miou="-" if self.last_val is None else f"{self.last_val:.3f}")
 
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss) or loss > self.cfg.train.max_loss:
@@ -204,10 +320,23 @@ class Trainer:
 
 
 def resume_trainer(run_dir: str | Path, overrides: list[str] = (), progress: bool = True) -> Trainer:
-    """A Trainer rebuilt from ``run_dir/checkpoints/last`` (its own config, plus ``overrides``)."""
-    ckpt_dir = Path(run_dir) / "checkpoints" / "last"
-    meta = load_checkpoint(ckpt_dir).meta
-    cfg = config_from_dict(meta["config"], overrides, stored=True)
+    """A Trainer rebuilt from ``run_dir/checkpoints/last`` (its own config, plus ``overrides``).
+
+    The run continues in ``run_dir`` itself, wherever it was first written: a moved or copied run never
+    writes into the directory stored in its config.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints" / "last"
+    ckpt = load_checkpoint(ckpt_dir)
+    if ckpt.meta.get("kind") != "meta":
+        raise CheckpointError(f"{ckpt.path} is not a meta-training checkpoint (kind={ckpt.meta.get('kind')!r})")
+    check_meta(ckpt.meta, ckpt.path / "meta.json")
+    cfg = config_from_dict(ckpt.meta["config"], overrides, stored=True)
+    asked = [o for o in overrides if o.split("=", 1)[0].strip() == "output"]
+    if asked and Path(cfg.output).resolve() != run_dir.resolve():
+        raise ConfigError(f"--resume continues the run in {run_dir}; an 'output' override ({asked[-1]}) cannot move "
+                          "it: copy the run folder and resume the copy")
+    cfg.output = str(run_dir)
     trainer = Trainer(cfg, progress=progress)
     trainer.resume(ckpt_dir)
     return trainer

@@ -50,7 +50,15 @@ def _few(names: Sequence[str], n: int = 5) -> str:
 
 
 def _read_names(path: Path | str, text: str | None = None) -> list[str]:
-    text = Path(path).read_text() if text is None else text
+    if text is None:
+        try:
+            if Path(path).stat().st_size > 50_000_000:
+                raise DataError(f"split file {path} is larger than 50 MB: not a list of class names")
+            text = Path(path).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"split file {path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise DataError(f"cannot read split file {path}: {exc.strerror or exc}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -59,7 +67,11 @@ def _pair_files(folder: Path) -> tuple[list[tuple[str, Path, Path | None]], bool
 
     The mask of ``n.jpg`` is ``n.png``; a ``.png`` image (no non-png sibling) takes ``n_mask.png``.
     """
-    files = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot list class folder {folder}: {exc.strerror or exc}") from None
+    files = {p.name: p for p in entries if p.is_file() and not p.name.startswith(".")}
     by_stem: dict[str, list[Path]] = {}
     for p in files.values():
         if p.suffix.lower() in IMAGE_EXTS:
@@ -123,7 +135,11 @@ class FolderDataset(SegmentationDataset):
         self.split, self.image_size, self.resize, self.seed = split, int(image_size), resize, seed
         self.min_foreground = float(min_foreground)
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        all_names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        try:
+            entries = list(self.root.iterdir())
+        except OSError as exc:
+            raise DataError(f"cannot list dataset root {self.root}: {exc.strerror or exc}") from None
+        all_names = sorted(p.name for p in entries if p.is_dir() and not p.name.startswith("."))
         if not all_names:
             raise DataError(f"dataset root {self.root} holds no class folders")
         self.all_class_names = all_names

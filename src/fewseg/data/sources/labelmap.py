@@ -68,7 +68,10 @@ def _signature(labels: dict[str, Path]) -> str:
     """A digest of the label files' names, sizes and modification times."""
     h = hashlib.sha1()
     for stem in sorted(labels):
-        st = labels[stem].stat()
+        try:
+            st = labels[stem].stat()
+        except OSError as exc:  # a dangling or looping symlink
+            raise DataError(f"cannot read label map {labels[stem]}: {exc.strerror or exc}") from None
         h.update(f"{stem}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()
 
@@ -83,7 +86,12 @@ def _fractions_of(path: Path) -> dict[int, float]:
     except Exception:  # noqa: BLE001 - read_label_map below gives the one-line DataError
         counts = None
     if counts is None:
-        counts = np.bincount(read_label_map(path).ravel())
+        labels = read_label_map(path)
+        if labels.size and int(labels.max()) > 65535:  # 32-bit ids: no histogram as long as the largest id
+            ids, n = np.unique(labels, return_counts=True)
+            total = int(n.sum())
+            return {int(i): round(int(k) / total, 6) for i, k in zip(ids, n) if i != IGNORE}
+        counts = np.bincount(labels.ravel())
     total = int(counts.sum())
     return {int(i): round(int(counts[i]) / total, 6) for i in np.flatnonzero(counts) if i != IGNORE} \
         if total else {}
@@ -100,8 +108,15 @@ def _write_atomic(path: Path, data: dict) -> None:
         warnings.warn(f"could not write the label scan cache {path}: {exc}", stacklevel=3)
 
 
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot list folder {folder}: {exc.strerror or exc}") from None
+
+
 def _pngs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+    return [p for p in _listdir(folder) if p.suffix.lower() == ".png" and not p.name.startswith(".")]
 
 
 @lru_cache(maxsize=16)
@@ -110,8 +125,11 @@ def _scan(labels_dir: str, signature: str) -> dict[str, dict[int, float]]:
     try:
         data = json.loads(disk.read_text())
         if data.get("version") == _CACHE_VERSION and data.get("signature") == signature:
-            return {s: {int(k): v for k, v in fr.items()} for s, fr in data["fractions"].items()}
-    except (OSError, ValueError, KeyError, AttributeError):
+            cached = {s: {int(k): v for k, v in fr.items()} for s, fr in data["fractions"].items()}
+            if all(isinstance(s, str) and all(isinstance(v, float | int) and not isinstance(v, bool)
+                                              and 0 <= v <= 1 for v in fr.values()) for s, fr in cached.items()):
+                return cached  # else a damaged or tampered cache: scan again
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError):
         pass
     folder = Path(labels_dir)
     fractions = {p.stem: _fractions_of(p) for p in _pngs(folder)}
@@ -128,12 +146,24 @@ def label_fractions(labels_dir: str | os.PathLike) -> dict[str, dict[int, float]
 
 
 # --- the dataset ------------------------------------------------------------------------------------
+def _read_text(path: Path) -> str:
+    """A small UTF-8 text file (class list, split file), or a one-line DataError."""
+    try:
+        if path.stat().st_size > 50_000_000:
+            raise DataError(f"{path} is larger than 50 MB: not a class or split list")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def read_classes(path: Path) -> dict[int, str]:
     """{id: name} from a ``classes.txt`` of "<id> <name>" lines (blank and # lines skipped)."""
     if not path.is_file():
         raise DataError(f"class list {path} does not exist")
     out: dict[int, str] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -164,7 +194,7 @@ def _files(folder: Path, exts: Sequence[str]) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataError(f"folder {folder} does not exist")
     out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
+    for p in _listdir(folder):
         if p.suffix.lower() in exts and not p.name.startswith("."):
             out.setdefault(p.stem, p)
     return out
@@ -261,7 +291,7 @@ class LabelMapDataset(SegmentationDataset):
         path = self.root / "splits" / f"{self.image_split}.txt"
         if not path.is_file():
             raise DataError(f"split file {path} does not exist")
-        stems = [s.strip() for s in path.read_text().splitlines() if s.strip()]
+        stems = [s.strip() for s in _read_text(path).splitlines() if s.strip()]
         for s in stems:
             if s not in self._image_paths:
                 raise DataError(f"split file {path} names {s!r} but {self.root / 'images'} has no such image")
@@ -344,8 +374,9 @@ class LabelMapDataset(SegmentationDataset):
         box = content_box(labels.shape[0], labels.shape[1], self.image_size, self.resize)
         if box is None:
             return None
-        lab_t = torch.from_numpy(labels.astype(np.int64))[None, None]
-        return (lab_t == class_id).to(torch.float32), lab_t == IGNORE, box
+        # compared in the file's own dtype: no int64 copy of a full-resolution map (memory: README, Reliability)
+        mask = torch.from_numpy(labels == class_id)[None, None].to(torch.float32)
+        return mask, torch.from_numpy(labels == IGNORE)[None, None], box
 
     def describe(self) -> dict:
         d = super().describe()
