@@ -1,4 +1,6 @@
-"""``fewseg demo|train|evaluate|adapt|list|config``: parse arguments -> config -> engine. Errors: one line, exit 2."""
+"""``fewseg demo|train|evaluate|adapt|predict|export|serve|list|config``: parse arguments -> config -> engine.
+
+Errors: one line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -98,8 +100,35 @@ def cmd_demo(args) -> None:
 
 
 def cmd_adapt(args) -> None:
+    import warnings
+
     from fewseg.engine.session import adapt_folder
-    adapt_folder(args.checkpoint, args.support, args.images, args.output, steps=args.steps, device=args.device)
+    with warnings.catch_warnings():  # warnings as one line, ``fewseg: warning: ...`` (no file and line)
+        warnings.showwarning = lambda message, *a, **k: print(f"fewseg: warning: {message}", file=sys.stderr)
+        adapt_folder(args.checkpoint, args.support, args.images, args.output, steps=args.steps,
+                     device=args.device, save_adapted=args.save_adapted, threshold=args.threshold,
+                     masks=args.masks, progress=not args.no_progress)
+
+
+def cmd_predict(args) -> None:
+    from fewseg.engine.folders import predict_folder
+    from fewseg.segmenter import load_adapted
+    adapted = load_adapted(args.adapted, args.device)
+    predict_folder(adapted, args.images, args.output, threshold=args.threshold, masks=args.masks,
+                   progress=not args.no_progress)
+
+
+def cmd_export(args) -> None:
+    from fewseg.export import export
+    from fewseg.segmenter import load_adapted
+    out = export(load_adapted(args.adapted), args.output, args.format, batch=args.batch)
+    print(f"exported {args.adapted} as {args.format} to {out} (input 'images' [N,C,S,S] in [0,1]; "
+          f"preprocessing in {out}.json)")
+
+
+def cmd_serve(args) -> None:
+    from fewseg.webapp.server import serve
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,11 +180,41 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("adapt", help="adapt to a folder of labelled images and segment new images")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--support", required=True, help="folder of images with masks <stem>.png (or masks/ subfolder)")
-    s.add_argument("--images", required=True, help="folder of images to segment")
-    s.add_argument("--output", required=True, help="where masks and overlays are written")
+    s.add_argument("--images", help="folder of images to segment (with --output)")
+    s.add_argument("--output", help="where masks, overlays and results.json are written")
+    s.add_argument("--save-adapted", metavar="PATH", help="keep the adapted model in PATH for `fewseg predict`")
     s.add_argument("--steps", type=count_int, default=None)
+    s.add_argument("--threshold", type=float, default=None, help="foreground above this probability "
+                   "(default: the run's eval.threshold)")
+    s.add_argument("--masks", help="folder of true masks <stem>.png: results.json gets each image's IoU")
+    s.add_argument("--no-progress", action="store_true")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_adapt)
+
+    s = sub.add_parser("predict", help="segment a folder with an adapted model (fewseg adapt --save-adapted)")
+    s.add_argument("--adapted", required=True, help="an adapted model directory")
+    s.add_argument("--images", required=True, help="folder of images to segment, of any size")
+    s.add_argument("--output", required=True, help="where masks, overlays and results.json are written")
+    s.add_argument("--threshold", type=float, default=None, help="default: the adapted model's")
+    s.add_argument("--masks", help="folder of true masks <stem>.png: results.json gets each image's IoU")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export an adapted model to ONNX or TorchScript")
+    s.add_argument("--adapted", required=True, help="an adapted model directory")
+    s.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    s.add_argument("--output", required=True, help="the file to write (.onnx or .pt)")
+    s.add_argument("--batch", type=positive_int, default=2, help="batch size of the example input (the batch "
+                   "dimension stays dynamic)")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="a local web page: upload or draw support masks, adapt, see overlays")
+    s.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint directory")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=count_int, default=7860, help="0: any free port")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_serve)
     return p
 
 

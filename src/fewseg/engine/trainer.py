@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from fewseg.config import Config, config_from_dict
 from fewseg.data.sampler import EpisodeSampler
-from fewseg.engine.builders import build_all, build_dataset, check_model_input, resolve_device
+from fewseg.engine.builders import build_all, build_dataset, check_model_input, model_channels, resolve_device
 from fewseg.engine.checkpoint import (
     check_meta,
     delay_keyboard_interrupt,
@@ -99,8 +99,8 @@ class Trainer:
         self.progress = progress
         check_model_input(cfg)  # an image size the network cannot take fails here, not mid-run
         check_writable(self.out)
-        self.train_set = build_dataset(cfg.data, "train", cfg.seed)
-        self.val_set = build_dataset(cfg.data, "val", cfg.seed)
+        self.train_set = build_dataset(cfg.data, "train", cfg.seed, model_channels(cfg))
+        self.val_set = build_dataset(cfg.data, "val", cfg.seed, model_channels(cfg))
         self.sampler = EpisodeSampler(self.train_set, cfg.train.shots, cfg.train.queries,
                                       seed=cfg.seed + cfg.train.data_seed_offset, augment=make_augment(cfg),
                                       class_sampling=cfg.train.class_sampling)
