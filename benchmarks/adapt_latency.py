@@ -1,7 +1,7 @@
 """What a practitioner waits for: adapting to a new class and segmenting photos with the user API, on the CPU.
 
 Scenarios, each in a fresh subprocess so that its peak memory is its own (max RSS of the process, and its
-growth over the process after ``fewseg.load`` and one warm-up):
+growth during the scenario's runs, over what loading, the inputs and one adaptation took):
 
     adapt+predict   fewseg.load(ckpt).adapt(5 support photos of --size px) + predict one --size px photo
     adapt           the adaptation alone (default steps: the checkpoint's eval_steps)
@@ -75,8 +75,8 @@ def child(args) -> dict:
             "adapt": lambda: seg.adapt(images, masks),
             "predict-saved": lambda: adapted.predict(query),
             "predict-4000": lambda: adapted.predict(big)}[args.scenario]
+    base = rss_mb()  # after loading, the inputs and one adaptation; before the scenario's first run
     work()  # warm-up
-    base = rss_mb()
     times = []
     for _ in range(args.runs):
         t0 = time.perf_counter()
