@@ -197,8 +197,10 @@ def test_grey_model_trains_evaluates_and_adapts_end_to_end(tmp_path, capsys):
     from fewseg.cli import main
     run = tiny_run(tmp_path / "grey", "model.options.in_channels=1")
     assert main(["evaluate", "--checkpoint", str(run), "--episodes", "2", "--shots", "1",
-                 "--baselines", "zero-shot", "--output", str(tmp_path / "e.json")]) == 0
-    assert 0.0 <= json.loads((tmp_path / "e.json").read_text())["results"]["1"]["maml"]["miou"] <= 1.0
+                 "--baselines", "--output", str(tmp_path / "e.json")]) == 0            # every baseline too
+    results = json.loads((tmp_path / "e.json").read_text())["results"]["1"]
+    assert set(results) == set(fewseg.list_baselines()) | {"maml"}
+    assert all(0.0 <= r["miou"] <= 1.0 for r in results.values())
     seg = fewseg.load(run)
     assert seg.preprocessing.channels == 1
     img, mask = labelled(np.random.default_rng(0), 26, 30)

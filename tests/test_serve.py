@@ -231,3 +231,18 @@ def test_the_page_in_chromium_uploads_draws_adapts_shows_overlays_and_downloads_
         assert "Traceback" not in driver.page_source
     finally:
         driver.quit()
+
+
+def test_large_photos_are_previewed_small_and_zipped_full_size(seg):
+    import base64
+    data = form(n_query=1)
+    img, _ = labelled(np.random.default_rng(2), 1200, 1500)
+    data["query"] = [(io.BytesIO(png(img, "JPEG")), "big.jpg")]
+    client = create_app(seg).test_client()
+    body = client.post("/api/adapt", data=data, content_type="multipart/form-data").get_json()
+    (result,) = body["results"]
+    assert (result["width"], result["height"]) == (1500, 1200)
+    shown = Image.open(io.BytesIO(base64.b64decode(result["overlay"].split(",", 1)[1])))
+    assert shown.size == (1024, 819)
+    with zipfile.ZipFile(io.BytesIO(client.get(body["zip"]).data)) as archive:
+        assert Image.open(io.BytesIO(archive.read("masks/big.png"))).size == (1500, 1200)

@@ -36,12 +36,23 @@ from fewseg.inputs import as_image, as_mask
 from fewseg.webapp.uploads import Limits, UploadError, display_name, read_upload
 
 KEEP_RESULTS = 16
+PREVIEW_SIDE = 1024  # overlays shown in the page; the masks in the zip keep each image's size
 
 
 def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, "PNG")
     return buf.getvalue()
+
+
+def _preview(image: np.ndarray, mask: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
+    """The overlay to show in the page, at most ``side`` pixels on its longer side (the zip keeps full size)."""
+    shown = Image.fromarray(overlay(image, mask))
+    if max(shown.size) > side:
+        scale = side / max(shown.size)
+        shown = shown.resize((max(1, round(shown.width * scale)), max(1, round(shown.height * scale))),
+                             Image.BILINEAR)
+    return np.asarray(shown)
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -143,25 +154,27 @@ def create_app(segmenter, limits: Limits | None = None):
                                       "black), or draw on the image")
                 masks.append(np.where(ign, 255, fg).astype(np.uint8))  # 0/1, 255 = void
             names = [display_name(f.filename, f"image_{j + 1}") for j, f in enumerate(queries)]
-            query_images = [as_image(read_upload(f.read(), n, "image", limits), n) for f, n in zip(queries, names)]
             threshold = request.form.get("threshold", type=float)
+            t0 = time.perf_counter()
             with model_lock:
-                t0 = time.perf_counter()
                 adapted = segmenter.adapt(images, masks)
-                preds = adapted.predict(query_images, threshold=threshold)
-                seconds = time.perf_counter() - t0
+            shots = len(images)
+            del images, masks
+            out, zipped = [], []
+            for f, name, stem in zip(queries, names, _unique(names)):  # one photo decoded at a time
+                img = as_image(read_upload(f.read(), name, "image", limits), name)
+                pred = adapted.predict(img, threshold=threshold)
+                zipped.append((f"{stem}.png", _png(pred.mask.astype(np.uint8) * 255)))
+                out.append({"name": name, "width": int(img.shape[1]), "height": int(img.shape[0]),
+                            "foreground_fraction": round(pred.foreground_fraction, 4),
+                            "confidence": round(pred.confidence, 4),
+                            "overlay": "data:image/png;base64," + base64.b64encode(_png(_preview(img, pred.mask))).decode()})
+                del img, pred
+            seconds = time.perf_counter() - t0
         except FewsegError as exc:
             return fail(str(exc))
-        stems = _unique(names)
-        out, zipped = [], []
-        for name, stem, img, pred in zip(names, stems, query_images, preds):
-            zipped.append((f"{stem}.png", _png(pred.mask.astype(np.uint8) * 255)))
-            out.append({"name": name, "width": int(img.shape[1]), "height": int(img.shape[0]),
-                        "foreground_fraction": round(pred.foreground_fraction, 4),
-                        "confidence": round(pred.confidence, 4),
-                        "overlay": "data:image/png;base64," + base64.b64encode(_png(overlay(img, pred.mask))).decode()})
         key = results.add(zipped)
-        return jsonify({"id": key, "seconds": round(seconds, 3), "shots": len(images), "steps": adapted.info["steps"],
+        return jsonify({"id": key, "seconds": round(seconds, 3), "shots": shots, "steps": adapted.info["steps"],
                         "zip": f"/api/masks/{key}.zip", "results": out})
 
     @app.get("/api/masks/<key>.zip")

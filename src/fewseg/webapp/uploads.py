@@ -33,7 +33,7 @@ class UploadError(DataError):
 class Limits:
     file_bytes: int = 16 * 2**20     # one file
     request_bytes: int = 64 * 2**20  # the whole upload
-    pixels: int = 40_000_000         # one image, from its header, before decoding
+    pixels: int = 12_000_000         # one image (4000x3000), from its header, before decoding
     support: int = 10                # support images (the documented 1-10)
     queries: int = 20                # images to segment per request
 
