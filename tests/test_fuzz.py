@@ -30,7 +30,7 @@ from fewseg.errors import ConfigError, DataError, FewsegError
 
 # CI: deterministic, no per-example deadline (a shared 2-core machine), the whole file well under a minute.
 # FEWSEG_FUZZ_EXAMPLES=2000 FEWSEG_FUZZ_RANDOM=1 runs a deeper, randomized search locally.
-N = int(os.environ.get("FEWSEG_FUZZ_EXAMPLES", "120"))
+N = int(os.environ.get("FEWSEG_FUZZ_EXAMPLES", "250"))  # ~20 s on 2 cores
 FUZZ = settings(max_examples=N, deadline=None, derandomize=not os.environ.get("FEWSEG_FUZZ_RANDOM"),
                 database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
