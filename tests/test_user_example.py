@@ -28,8 +28,8 @@ def test_readme_use_a_trained_model_code_is_the_example_code():
     section = readme[readme.index("### Use a trained model"):]
     start = section.index("```python") + len("```python")
     block = section[start:section.index("```", start)]
-    example = {line.rstrip() for line in (EXAMPLES / "segment_photos.py").read_text().splitlines()}
-    code = [line.rstrip() for line in block.splitlines() if line.strip()]
+    example = {line.strip() for line in (EXAMPLES / "segment_photos.py").read_text().splitlines()}
+    code = [line.strip() for line in block.splitlines() if line.strip()]
     assert len(code) >= 5
     missing = [line for line in code if line not in example]
     assert not missing, f"README lines not in examples/segment_photos.py: {missing}"
