@@ -103,10 +103,10 @@ def test_an_interrupt_in_any_phase_resumes_to_the_uninterrupted_weights(tmp_path
     if phase == "step":
         original = trainer.algo.meta_backward
 
-        def meta_backward(batch, *, iteration):
+        def meta_backward(batch, *, iteration, **kw):
             if iteration == 2 and once():
                 send(signame)
-            return original(batch, iteration=iteration)
+            return original(batch, iteration=iteration, **kw)
         monkeypatch.setattr(trainer.algo, "meta_backward", meta_backward)
     elif phase == "validation":
         original_validate = trainer.validate
@@ -154,10 +154,10 @@ def interrupted_run(out, monkeypatch, at: int) -> None:
     trainer = Trainer(tiny(out), progress=False)
     original = trainer.algo.meta_backward
 
-    def meta_backward(batch, *, iteration):
+    def meta_backward(batch, *, iteration, **kw):
         if iteration == at:
             raise KeyboardInterrupt
-        return original(batch, iteration=iteration)
+        return original(batch, iteration=iteration, **kw)
     monkeypatch.setattr(trainer.algo, "meta_backward", meta_backward)
     with pytest.raises(Interrupted, match=f"interrupted at iteration {at} "):
         trainer.fit()

@@ -71,12 +71,12 @@ def test_interrupt_then_resume_reaches_the_same_weights(tmp_path, monkeypatch, a
     calls = {"n": 0}
     original = interrupted.algo.meta_backward
 
-    def flaky(batch, *, iteration):
+    def flaky(batch, *, iteration, **kw):
         calls["n"] += 1
         assert iteration == calls["n"] - 1  # the trainer passes the outer iteration in
         if calls["n"] == 5:  # Ctrl-C in the middle of iteration 5
             raise KeyboardInterrupt
-        return original(batch, iteration=iteration)
+        return original(batch, iteration=iteration, **kw)
 
     monkeypatch.setattr(interrupted.algo, "meta_backward", flaky)
     with pytest.raises(TrainingError, match="interrupted at iteration 4"):
@@ -95,9 +95,9 @@ def test_nan_meta_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(tmp_
     original = trainer.algo.meta_backward
     calls = {"n": 0}
 
-    def diverging(batch, *, iteration):
+    def diverging(batch, *, iteration, **kw):
         calls["n"] += 1
-        logs = original(batch, iteration=iteration)
+        logs = original(batch, iteration=iteration, **kw)
         if calls["n"] == 5:
             logs["loss"] = float("nan")
         return logs

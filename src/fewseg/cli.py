@@ -69,22 +69,42 @@ def cmd_config(args) -> None:
 
 
 def cmd_train(args) -> None:
+    import os
+    from pathlib import Path
+
     from fewseg.config import load_config
+    from fewseg.distributed import close_process_group
     from fewseg.engine.trainer import Trainer, resume_trainer
-    if args.resume:
-        trainer = resume_trainer(args.resume, args.overrides, progress=not args.no_progress)
-        print(f"resuming {args.resume} at iteration {trainer.iteration}")
+    resume = args.resume
+    if not resume and args.config is not None:
+        cfg = load_config(args.config, args.overrides)
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+        if (args.auto_resume or restarted) and (Path(cfg.output) / "checkpoints" / "last" / "meta.json").exists():
+            resume = cfg.output  # an elastic restart (torchrun --max-restarts) continues from the last checkpoint
+    if resume:
+        overrides = args.overrides if args.resume else []
+        trainer = resume_trainer(resume, overrides, progress=not args.no_progress)
+        if trainer.group.is_main:
+            print(f"resuming {resume} at iteration {trainer.iteration}")
     else:
         if args.config is None:
             raise FewsegError("fewseg train needs --config RECIPE (a YAML file or a shipped recipe's name; "
                               "`fewseg list` shows them) or --resume DIR")
-        cfg = load_config(args.config, args.overrides)
         trainer = Trainer(cfg, progress=not args.no_progress)
     from fewseg.engine.session import describe_split
-    for split, ds in (("train", trainer.train_set), ("val", trainer.val_set)):
-        print(describe_split(split, ds.describe()))
-    result = trainer.fit()
-    print(json.dumps(result))
+    main = trainer.group.is_main
+    if main:
+        if trainer.group.world > 1:
+            print(f"torchrun: {trainer.group.world} ranks, {trainer.cfg.train.meta_batch} tasks per meta-batch "
+                  "split across them")
+        for split, ds in (("train", trainer.train_set), ("val", trainer.val_set)):
+            print(describe_split(split, ds.describe()))
+    try:
+        result = trainer.fit()
+    finally:
+        close_process_group()
+    if main:
+        print(json.dumps({**result, "world_size": trainer.group.world}))
 
 
 def cmd_evaluate(args) -> None:
@@ -150,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", metavar="RECIPE",
                    help="a YAML file or a shipped recipe's name, e.g. synthetic_maml (`fewseg list` shows them)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last")
+    s.add_argument("--auto-resume", action="store_true",
+                   help="with --config: continue the run in its output folder if it has a checkpoint (what an "
+                        "elastic restart under torchrun --max-restarts does by itself)")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iterations=200")
     s.set_defaults(func=cmd_train)

@@ -211,6 +211,8 @@ class TrainConfig:
                                              "(images: by image count, long-tailed)")
     autocast: str = setting("none", f"mixed precision around the meta-step: {_one_of(AUTOCAST)} "
                                     "(parameters stay fp32)")
+    dist_timeout: float = setting(300.0, "under torchrun: seconds a collective waits for the other ranks before "
+                                         "the run stops with an error (a rank died)")
 
 
 @dataclass
@@ -398,6 +400,7 @@ def validate(cfg: Config) -> None:
         ("train.checkpoint_every", t.checkpoint_every >= 1, ">= 1"),
         ("train.grad_clip", t.grad_clip >= 0, ">= 0 (0: no clipping)"),
         ("train.max_loss", t.max_loss > 0, "> 0 (not NaN)"),
+        ("train.dist_timeout", t.dist_timeout > 0, "> 0 seconds"),
         ("eval.shots", bool(e.shots) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
                                               for s in e.shots), "a non-empty list of integers >= 1"),
         ("eval.queries", e.queries >= 1, ">= 1"), ("eval.threshold", 0 < e.threshold < 1, "in (0, 1)"),

@@ -118,14 +118,25 @@ def init_process_group(device: torch.device, timeout_s: float = 300.0) -> Proces
         raise TrainingError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=timeout_s)
         try:
-            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
-        except (RuntimeError, ValueError) as exc:
+            dist.init_process_group(backend=backend, timeout=timeout, store=_attempt_store(timeout),
+                                    rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+        except (RuntimeError, ValueError, KeyError) as exc:
             raise TrainingError(f"could not join the torchrun job ({backend}): "
                                 f"{str(exc).strip().splitlines()[0][:200]}") from None
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return ProcessGroup(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
+    """The job's key-value store, under a prefix of its own for each elastic restart: after ``torchrun
+    --max-restarts`` restarts the workers, the new ranks must not read the dead ranks' addresses."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+                          is_master=not agent and int(os.environ["RANK"]) == 0, timeout=timeout)
+    return dist.PrefixStore(f"fewseg/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def close_process_group() -> None:

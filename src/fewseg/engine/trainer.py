@@ -10,6 +10,10 @@ Output directory:
     checkpoints/last     weights.safetensors + meta.json + optimizer.pt (atomic)
     checkpoints/best     the best validation mIoU so far
 
+Under ``torchrun`` (several processes, ``fewseg.distributed``) every rank trains the same weights on its share of
+each meta-batch; rank 0 alone writes the run directory and shows progress; ``world_size`` is recorded in meta.json
+and in every log line.
+
 Example (a tiny run; the recipe itself trains 300 iterations of a depth-3 U-Net on 48x48 images):
     >>> import os, tempfile
     >>> from fewseg.config import load_config
@@ -35,6 +39,7 @@ from tqdm import tqdm
 
 from fewseg.config import Config, config_from_dict
 from fewseg.data.sampler import EpisodeSampler
+from fewseg.distributed import init_process_group
 from fewseg.engine.builders import build_all, build_dataset, check_model_input, model_channels, resolve_device
 from fewseg.engine.checkpoint import (
     check_meta,
@@ -96,9 +101,11 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device, "config key 'device'")
         self.out = Path(cfg.output)
-        self.progress = progress
+        self.group = init_process_group(self.device, cfg.train.dist_timeout)  # one process outside torchrun
+        self.progress = progress and self.group.is_main
         check_model_input(cfg)  # an image size the network cannot take fails here, not mid-run
-        check_writable(self.out)
+        if self.group.is_main:
+            check_writable(self.out)
         self.train_set = build_dataset(cfg.data, "train", cfg.seed, model_channels(cfg))
         self.val_set = build_dataset(cfg.data, "val", cfg.seed, model_channels(cfg))
         self.sampler = EpisodeSampler(self.train_set, cfg.train.shots, cfg.train.queries,
@@ -123,7 +130,7 @@ class Trainer:
     def state_meta(self) -> dict:
         return {"config": self.cfg.to_dict(), "iteration": self.iteration, "best_val_miou": self.best_val,
                 "last_val_miou": self.last_val, "algorithm_state": self.algo.extra_state(), "kind": "meta",
-                "preprocessing": self.preprocessing()}
+                "preprocessing": self.preprocessing(), "world_size": self.group.world}
 
     def preprocessing(self) -> dict:
         """How images reach the network, so adaptation and inference prepare new photos the same way."""
@@ -139,6 +146,8 @@ class Trainer:
         checkpoint of that name is left intact (:func:`save_checkpoint` is atomic).
         """
         path = self.out / "checkpoints" / name
+        if not self.group.is_main:  # every rank holds the same state; rank 0 writes it
+            return path
         tensors = {k: v for k, v in self.algo.state_dict().items()}
         extra = {"optimizer": self.optimizer.state_dict(),
                  "sampler_rng": self.sampler.generator.get_state() if sampler_state is None else sampler_state}
@@ -182,7 +191,7 @@ class Trainer:
         self.last_val = ckpt.meta.get("last_val_miou")
         self._pending = ckpt.meta.get("pending")
         log = self.out / "log.jsonl"
-        if log.exists():  # drop lines written after the checkpoint (and the interrupted iteration's, redone)
+        if log.exists() and self.group.is_main:  # drop lines written after the checkpoint (and the interrupted iteration's, redone)
             keep_to = self.iteration - 1 if self._pending is not None else self.iteration
             lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
                      if (_log_iteration(ln) or keep_to + 1) <= keep_to]
@@ -191,7 +200,7 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------------
     def validate(self) -> float:
         self.algo.eval()
-        summary = evaluate(MetaLearner(self.algo), self.val_episodes, device=self.device)
+        summary = evaluate(MetaLearner(self.algo), self.val_episodes, device=self.device, group=self.group)
         self.algo.train()
         return summary["miou"]
 
@@ -212,9 +221,11 @@ class Trainer:
         raised; ``--resume`` then continues to the weights an uninterrupted run reaches.
         """
         cfg = self.cfg
-        self._write_run_files()
+        if self.group.is_main:
+            self._write_run_files()
         # a fresh run starts a fresh log; a resumed one continues it (resume() already cut it at the checkpoint)
-        log = open(self.out / "log.jsonl", "a" if self.iteration > 0 else "w", encoding="utf-8")  # noqa: SIM115
+        log_path = self.out / "log.jsonl" if self.group.is_main else os.devnull
+        log = open(log_path, "a" if self.iteration > 0 else "w", encoding="utf-8")  # noqa: SIM115
         bar = tqdm(total=cfg.train.iterations, initial=self.iteration, disable=not self.progress,
                    desc=f"meta-train {cfg.algorithm.name}", dynamic_ncols=True)
         # the sampler state that goes with the current weights: before a step, the state before its batch was
@@ -236,7 +247,8 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                         enabled=cfg.train.autocast == "bf16"):
-                        logs = self.algo.meta_backward(batch, iteration=self.iteration)
+                        logs = self.algo.meta_backward(batch, iteration=self.iteration, group=self.group)
+                    self.group.sum_grads(self.algo.parameters())  # the whole batch's meta-gradient on every rank
                     self._check_finite(logs["loss"])
                     grad_norm = self._clip()
                     with delay_keyboard_interrupt():
@@ -244,7 +256,8 @@ class Trainer:
                         self.iteration += 1
                         record = {"iteration": self.iteration, "loss": logs["loss"], "lr": lr,
                                   "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
-                                  "data_seconds": t_data, "task_weights": logs.get("task_weights")}
+                                  "data_seconds": t_data, "task_weights": logs.get("task_weights"),
+                                  "world_size": self.group.world}
                         validate = (self.iteration % cfg.train.val_every == 0
                                     or self.iteration == cfg.train.iterations)
                         self._pending = {"record": record, "validate": validate, "best": False}
