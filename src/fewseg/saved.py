@@ -46,8 +46,8 @@ def save_adapted(adapted, path: str | Path) -> Path:
 def _read_meta(path: Path) -> dict:
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"corrupt adapted-model metadata {path / META} ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"corrupt adapted-model metadata {path / META} ({str(exc)[:200]})") from None
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         kind = meta.get("kind") if isinstance(meta, dict) else None
         hint = " (a meta-training checkpoint: adapt it first, `fewseg adapt ... --save-adapted PATH`)" \
