@@ -134,3 +134,24 @@ def test_an_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming" in proc.stdout
     assert_same_weights(weights(run), one_process(tmp_path / "one"))
+
+
+def test_distributed_evaluate_gives_the_single_process_table_with_baselines(tmp_path):
+    run = tmp_path / "run"
+    one_process(run, "train.iterations=2")
+    args = ["evaluate", "--checkpoint", str(run), "--episodes", "5", "--shots", "1", "2", "--queries", "2",
+            "--baselines", "zero-shot", "random-init", "transfer", "prototype"]
+    from fewseg.cli import main
+    assert main([*args, "--output", str(tmp_path / "one.json")]) == 0
+    proc = torchrun(["-m", "fewseg", *args, "--output", str(tmp_path / "two.json")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert one["results"].keys() == two["results"].keys()
+    for shots, methods in one["results"].items():
+        assert list(methods) == list(two["results"][shots]) == ["maml", "zero-shot", "random-init", "transfer",
+                                                                "prototype"]
+        for name, summary in methods.items():
+            for key in ("miou", "fb_iou", "episode_iou_mean", "episode_iou_ci95", "n_episodes", "per_class"):
+                assert two["results"][shots][name][key] == summary[key], (shots, name, key)
+    assert proc.stdout.count("results written to") == 1  # rank 0 alone prints and writes

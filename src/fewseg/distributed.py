@@ -82,6 +82,11 @@ class ProcessGroup:
             p.grad.copy_(flat[offset:offset + n].view_as(p))
             offset += n
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.world > 1:
+            self.sum_(torch.zeros(1))
+
     def all_agree(self, value: bool) -> bool:
         """True only if ``value`` is True on every rank (e.g. a finite loss everywhere)."""
         if self.world == 1:

@@ -68,8 +68,27 @@ def evaluate_checkpoint(checkpoint, shots=None, episodes=None, queries=None, ste
 
     shots, episodes, queries: None reads them from the run's stored ``eval`` config; pixels count as
     foreground above its ``eval.threshold``. baselines: None for none, an empty list for all of them.
+    Under ``torchrun`` the test episodes are split across ranks and their intersection/union sums gathered
+    (the same table as one process); rank 0 prepares the cached transfer network first, prints and writes.
     """
+    from fewseg.distributed import close_process_group, init_process_group
     baselines = [] if baselines is None else (BASELINES.names() if len(baselines) == 0 else check_baselines(baselines))
+    group = init_process_group(torch.device(device) if isinstance(device, str) else device, timeout_s=3600.0)
+    if not group.is_main:
+        log = _silent
+    try:
+        return _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, dataset, data_root, output,
+                         device, log, group)
+    finally:
+        close_process_group()
+
+
+def _silent(*_args, **_kwargs) -> None:
+    return None
+
+
+def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, dataset, data_root, output, device, log,
+              group) -> dict:
     cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
     steps = algo.eval_steps if steps is None else steps
     shots = list(cfg.eval.shots if shots is None else shots)
@@ -85,9 +104,14 @@ def evaluate_checkpoint(checkpoint, shots=None, episodes=None, queries=None, ste
     train_set = build_dataset(cfg.data, "train", cfg.seed, model_channels(cfg)) if baselines else None
     val_set = build_dataset(cfg.data, "val", cfg.seed, model_channels(cfg)) if baselines else None
     t0 = time.perf_counter()
+    cached = run_dir_of(ckpt_dir) is not None and bool({"transfer", "prototype"} & set(baselines))
+    if cached and not group.is_main:  # the transfer network: trained (or loaded) once by rank 0, then read
+        group.barrier()
     methods = build_methods(cfg, algo, steps, baselines, train_set, val_set, run_dir_of(ckpt_dir), device, log)
+    if cached and group.is_main:
+        group.barrier()
     results = run_protocol(methods, test_set, shots, queries, episodes, seed, device, log,
-                           full_resolution=cfg.eval.full_resolution, threshold=cfg.eval.threshold)
+                           full_resolution=cfg.eval.full_resolution, threshold=cfg.eval.threshold, group=group)
     scored_at = ("original label resolution" if cfg.eval.full_resolution and hasattr(test_set, "full_resolution")
                  else f"{cfg.data.image_size}x{cfg.data.image_size}")
     table = format_table(results)
@@ -96,7 +120,9 @@ def evaluate_checkpoint(checkpoint, shots=None, episodes=None, queries=None, ste
     record = {"checkpoint": str(ckpt_dir), "dataset": test_set.describe(), "episodes": episodes, "queries": queries,
               "seed": seed, "steps": steps, "threshold": cfg.eval.threshold, "scored_at": scored_at,
               "results": {str(k): v for k, v in results.items()}, "table": table,
-              "seconds": time.perf_counter() - t0}
+              "seconds": time.perf_counter() - t0, "world_size": group.world}
+    if not group.is_main:
+        return record
     out = Path(output) if output else ckpt_dir.parent.parent / "eval.json" if run_dir_of(ckpt_dir) \
         else ckpt_dir / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
