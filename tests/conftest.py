@@ -28,3 +28,35 @@ def random_batch(T=2, S=3, Q=2, size=16, dtype=torch.float32, seed=0, ignore=Fal
         si = torch.rand(T, S, 1, size, size, generator=g) > 0.8
         qi = torch.rand(T, Q, 1, size, size, generator=g) > 0.8
     return fewseg.MetaBatch(sx, sy, qx, qy, si, qi)
+
+
+def tiny_config(seed: int, image_size: int = 16, model: dict | None = None, train: dict | None = None,
+                eval: dict | None = None) -> dict:
+    """A run that trains in about a second: synthetic data, a tiny network, MAML with one inner step."""
+    cfg = {"seed": seed, "data": {"name": "synthetic", "image_size": image_size},
+           "model": model or {"name": "seed-cnn", "options": {"width": 4}},
+           "algorithm": {"name": "maml", "inner_steps": 1, "inner_lr": 0.1},
+           "train": {"iterations": 2, "meta_batch": 1, "shots": 1, "queries": 1, "val_every": 2, "val_episodes": 2,
+                     "checkpoint_every": 2, **(train or {})}}
+    if eval is not None:
+        cfg["eval"] = eval
+    return cfg
+
+
+def tiny_eval(episodes: int, shots: int = 1, queries: int = 1, transfer_images: int = 4, long_steps: int = 1,
+              lr_select_episodes: int = 1) -> dict:
+    return {"shots": [shots], "queries": queries, "episodes": episodes, "long_steps": long_steps,
+            "transfer_images": transfer_images, "lr_select_episodes": lr_select_episodes}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained U-Net run (tests/userpath.py), once per test module that asks for it."""
+    from userpath import tiny_run
+    return tiny_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def seg(run):
+    """``fewseg.load`` of that run."""
+    return fewseg.load(run)

@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 import yaml
+from conftest import tiny_config, tiny_eval
 
 import fewseg
 from fewseg.cli import build_parser, main
@@ -14,13 +15,8 @@ from fewseg.recipes import recipe_names
 BASELINE_NAMES = ["zero-shot", "random-init", "random-init-long", "transfer", "prototype"]
 SMALL = ["data.image_size=24", "model.name=unet", "model.options={depth: 2, width: 4}", "train.meta_batch=1",
          "train.shots=2", "train.queries=2", "algorithm.inner_steps=1", "train.val_episodes=2"]
-TINY = {"seed": 1, "data": {"name": "synthetic", "image_size": 24},
-        "model": {"name": "unet", "options": {"depth": 2, "width": 4}},
-        "algorithm": {"name": "maml", "inner_steps": 1, "inner_lr": 0.1},
-        "train": {"iterations": 2, "meta_batch": 1, "shots": 2, "queries": 2, "val_every": 2, "val_episodes": 2,
-                  "checkpoint_every": 2},
-        "eval": {"shots": [2], "queries": 2, "episodes": 3, "long_steps": 2, "transfer_images": 20,
-                 "lr_select_episodes": 2}}
+TINY = tiny_config(1, 24, {"name": "unet", "options": {"depth": 2, "width": 4}}, {"shots": 2, "queries": 2},
+                   tiny_eval(3, shots=2, queries=2, transfer_images=20, long_steps=2, lr_select_episodes=2))
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,13 @@ import json
 import shutil
 
 import pytest
+from conftest import tiny_config, tiny_eval
 
 from fewseg.cli import build_parser, main
 from fewseg.config import config_from_dict
 from fewseg.engine.trainer import Trainer
 
-RUN = {"seed": 1, "data": {"name": "synthetic", "image_size": 16},
-       "model": {"name": "seed-cnn", "options": {"width": 4}},
-       "algorithm": {"name": "maml", "inner_steps": 1, "inner_lr": 0.1},
-       "train": {"iterations": 2, "meta_batch": 1, "shots": 1, "queries": 1, "val_every": 2, "val_episodes": 2,
-                 "checkpoint_every": 2},
-       "eval": {"shots": [1], "queries": 1, "episodes": 2, "long_steps": 1, "transfer_images": 4,
-                "lr_select_episodes": 1}}
+RUN = tiny_config(1, eval=tiny_eval(2))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 import fewseg.engine.checkpoint as ckpt_mod
 from fewseg.config import config_from_dict
@@ -21,14 +22,8 @@ from fewseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewseg.engine.trainer import Trainer, resume_trainer
 from fewseg.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 
-TINY = {
-    "seed": 5,
-    "data": {"name": "synthetic", "image_size": 16},
-    "model": {"name": "seed-cnn", "options": {"width": 4}},
-    "algorithm": {"name": "maml", "inner_steps": 1, "inner_lr": 0.1},
-    "train": {"iterations": 6, "meta_batch": 2, "shots": 1, "queries": 1, "outer_lr": 0.01, "schedule": "cosine",
-              "val_every": 3, "val_episodes": 2, "checkpoint_every": 3},
-}
+TINY = tiny_config(5, train={"iterations": 6, "meta_batch": 2, "outer_lr": 0.01, "schedule": "cosine",
+                              "val_every": 3, "checkpoint_every": 3})
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config, tiny_eval
 
 from fewseg.cli import main
 from fewseg.config import config_from_dict
@@ -20,13 +21,7 @@ from fewseg.engine.trainer import Trainer, resume_trainer
 from fewseg.errors import CheckpointError, FewsegError
 
 SRC = Path(__file__).parents[1] / "src" / "fewseg"
-RUN = {"seed": 2, "data": {"name": "synthetic", "image_size": 16},
-       "model": {"name": "seed-cnn", "options": {"width": 4}},
-       "algorithm": {"name": "maml", "inner_steps": 1, "inner_lr": 0.1},
-       "train": {"iterations": 2, "meta_batch": 1, "shots": 1, "queries": 1, "val_every": 2, "val_episodes": 1,
-                 "checkpoint_every": 2},
-       "eval": {"shots": [1], "queries": 1, "episodes": 1, "long_steps": 1, "transfer_images": 2,
-                "lr_select_episodes": 1}}
+RUN = tiny_config(2, train={"val_episodes": 1}, eval=tiny_eval(1, transfer_images=2))
 
 
 class OpenFile:

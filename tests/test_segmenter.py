@@ -12,16 +12,6 @@ import fewseg
 from fewseg.errors import CheckpointError, DataError
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture(scope="module")
-def seg(run):
-    return fewseg.load(run)
-
-
 def mixed_support(tmp_path):
     """Five support images, each in another form and size, with masks in other encodings."""
     rng = np.random.default_rng(0)

@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from userpath import labelled, tiny_run, write_images, write_support
-
-import fewseg
+from userpath import labelled, write_images, write_support
 
 pytest.importorskip("flask", reason="fewseg serve needs Flask: pip install 'fewseg[serve]'")
 from fewseg.webapp.server import create_app, make_server
@@ -27,14 +25,6 @@ from fewseg.webapp.uploads import Limits
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("serve_run"))
-
-
-@pytest.fixture(scope="module")
-def seg(run):
-    return fewseg.load(run)
 
 
 def png(array, fmt="PNG") -> bytes:

@@ -26,6 +26,7 @@ def tiny_run(out: Path, *overrides: str) -> Path:
     return out
 
 
+
 def labelled(rng, h: int, w: int, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A noisy photo with a bright square and its 0/255 mask."""
     img = rng.integers(0, 90, (h, w, 3), dtype=np.uint8)

@@ -151,6 +151,14 @@ def cmd_serve(args) -> None:
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
 
 
+def _segmenting_options(s: argparse.ArgumentParser, threshold_help: str) -> None:
+    """The options shared by the commands that write masks (adapt, predict)."""
+    s.add_argument("--threshold", type=float, default=None, help=threshold_help)
+    s.add_argument("--masks", help="folder of true masks <stem>.png: results.json gets each image's IoU")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--device", default="cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fewseg import __version__
     p = _Parser(prog="fewseg", description="Meta-learned few-shot image segmentation.")
@@ -207,21 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="where masks, overlays and results.json are written")
     s.add_argument("--save-adapted", metavar="PATH", help="keep the adapted model in PATH for `fewseg predict`")
     s.add_argument("--steps", type=count_int, default=None)
-    s.add_argument("--threshold", type=float, default=None, help="foreground above this probability "
-                   "(default: the run's eval.threshold)")
-    s.add_argument("--masks", help="folder of true masks <stem>.png: results.json gets each image's IoU")
-    s.add_argument("--no-progress", action="store_true")
-    s.add_argument("--device", default="cpu")
+    _segmenting_options(s, "foreground above this probability (default: the run's eval.threshold)")
     s.set_defaults(func=cmd_adapt)
 
     s = sub.add_parser("predict", help="segment a folder with an adapted model (fewseg adapt --save-adapted)")
     s.add_argument("--adapted", required=True, help="an adapted model directory")
     s.add_argument("--images", required=True, help="folder of images to segment, of any size")
     s.add_argument("--output", required=True, help="where masks, overlays and results.json are written")
-    s.add_argument("--threshold", type=float, default=None, help="default: the adapted model's")
-    s.add_argument("--masks", help="folder of true masks <stem>.png: results.json gets each image's IoU")
-    s.add_argument("--no-progress", action="store_true")
-    s.add_argument("--device", default="cpu")
+    _segmenting_options(s, "default: the adapted model's")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="export an adapted model to ONNX or TorchScript")
