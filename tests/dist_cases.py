@@ -11,6 +11,7 @@ CASES = {
     "maml-hard": ("maml", {"task_weighting": "hard", "weight_temperature": 0.1}),
     "maml-class-frequency": ("maml", {"task_weighting": "class-frequency"}),
     "maml-recompute": ("maml", {"inner_checkpoint": True}),
+    "maml-vmap": ("maml", {"strategy": "vmap"}), "maml-vmap-chunks": ("maml", {"strategy": "vmap", "task_chunk": 2}),
     "reptile-hard": ("reptile", {"task_weighting": "hard", "weight_temperature": 0.1}),
     "anil": ("anil", {}),
 }
