@@ -125,8 +125,11 @@ def init_process_group(device: torch.device, timeout_s: float = 300.0) -> Proces
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s)
         try:
-            dist.init_process_group(backend=backend, timeout=timeout, store=_attempt_store(timeout),
-                                    rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+            if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
+                dist.init_process_group(backend=backend, timeout=timeout, store=_attempt_store(timeout),
+                                        rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+            else:  # the first attempt: torchrun's own store as it is
+                dist.init_process_group(backend=backend, timeout=timeout)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise TrainingError(f"could not join the torchrun job ({backend}): "
                                 f"{str(exc).strip().splitlines()[0][:200]}") from None
@@ -145,5 +148,11 @@ def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
 
 
 def close_process_group() -> None:
+    """Leave the job: wait for every rank (none tears its connections down while another still writes or talks),
+    then destroy the process group."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:  # another rank is already gone: nothing left to wait for
+            pass
         dist.destroy_process_group()
