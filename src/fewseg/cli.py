@@ -82,8 +82,7 @@ def cmd_train(args) -> None:
         if (args.auto_resume or restarted) and (Path(cfg.output) / "checkpoints" / "last" / "meta.json").exists():
             resume = cfg.output  # an elastic restart (torchrun --max-restarts) continues from the last checkpoint
     if resume:
-        overrides = args.overrides if args.resume else []
-        trainer = resume_trainer(resume, overrides, progress=not args.no_progress)
+        trainer = resume_trainer(resume, args.overrides, progress=not args.no_progress)
         if trainer.group.is_main:
             print(f"resuming {resume} at iteration {trainer.iteration}")
     else:

@@ -18,7 +18,7 @@ up in episode order: the same mIoU, FB-IoU and CI as one process, to the bit.
 Example:
     >>> from fewseg.distributed import ProcessGroup
     >>> group = ProcessGroup()          # outside torchrun: one process
-    >>> group.world, group.rank, group.shard(5)
+    >>> group.world, group.rank, list(group.shard(5))
     (1, 0, [0, 1, 2, 3, 4])
 """
 from __future__ import annotations
@@ -45,12 +45,12 @@ class ProcessGroup:
         """Rank 0 writes logs, progress bars and checkpoints."""
         return self.rank == 0
 
-    def shard(self, n: int) -> list[int]:
+    def shard(self, n: int) -> range:
         """The indices of ``n`` items (tasks, episodes) this rank handles: a contiguous block, the first
         ``n % world`` ranks one item more."""
         base, extra = divmod(n, self.world)
         start = self.rank * base + min(self.rank, extra)
-        return list(range(start, start + base + (self.rank < extra)))
+        return range(start, start + base + (self.rank < extra))
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """All-reduce (sum) in place across ranks."""

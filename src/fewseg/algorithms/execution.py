@@ -86,8 +86,8 @@ def accumulate_meta_gradient(algo: MetaAlgorithm, batch: MetaBatch, iteration: i
     mine = group.shard(T)
     per_task: list[tuple[int, list[torch.Tensor | None]]] = []  # "hard": (task, its gradient) until all known
     values = []
-    for s in range(mine[0] if mine else 0, mine[-1] + 1 if mine else 0, chunk):
-        end, draw = min(s + chunk, mine[-1] + 1), s // chunk
+    for s in range(mine.start, mine.stop, chunk):
+        end, draw = min(s + chunk, mine.stop), s // chunk
         if algo.inner_checkpoint:
             loss, grads = task_gradients(algo, batch.task(s), params, iteration, draw)
             if static is None:
@@ -118,12 +118,12 @@ def accumulate_meta_gradient(algo: MetaAlgorithm, batch: MetaBatch, iteration: i
     return _logs(losses, weights, reg)
 
 
-def _whole_batch(values: list[torch.Tensor], mine: list[int], T: int, group: ProcessGroup,
+def _whole_batch(values: list[torch.Tensor], mine: range, T: int, group: ProcessGroup,
                  like: torch.Tensor) -> torch.Tensor:
     """The losses [T] of every task of the batch, from each rank's block (a sum of zeros elsewhere: exact)."""
     full = torch.zeros(T, dtype=like.dtype)
-    if mine:
-        full[mine[0]:mine[-1] + 1] = torch.cat(values).detach().cpu().to(like.dtype)
+    if values:
+        full[mine.start:mine.stop] = torch.cat(values).detach().cpu().to(like.dtype)
     return group.sum_(full).to(like.device)
 
 

@@ -50,7 +50,7 @@ class Reptile(MetaAlgorithm):
                 opt.step()
         return phi
 
-    def adapted_weights(self, batch: MetaBatch, tasks: list[int] | None = None) -> tuple[dict[int, dict], torch.Tensor]:
+    def adapted_weights(self, batch: MetaBatch, tasks: range | None = None) -> tuple[dict[int, dict], torch.Tensor]:
         """{task: phi_i} (no graph) for ``tasks`` (default: all) and the loss [T] after adaptation (0 elsewhere)."""
         params, forward = self.params_and_forward()
         phis, losses = {}, torch.zeros(batch.num_tasks, dtype=torch.float64)  # exact weights (1/3, not float32's)
