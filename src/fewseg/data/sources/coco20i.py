@@ -1,0 +1,395 @@
+r"""COCO-20i, the few-shot segmentation benchmark on COCO 2014, in HSNet's convention, masks from the JSON.
+
+Reference: juhongm999/hsnet, ``data/coco.py`` (``build_class_ids``: ``class_ids_val = [self.fold + self.nfolds * v
+for v in range(nclass_trn)]`` with ``nfolds = 4``, 80 classes, 0-based; a mask value is ``class + 1``). That is
+the *interleaved* split: fold ``i`` tests the classes ``4k + i + 1`` (k = 0..19, 1-based positions in the 80
+categories sorted by category id), e.g. fold 0 = 1, 5, 9, ..., 77 (person, airplane, boat, ...). The other
+COCO-20i split, contiguous blocks of 20 (fold ``i`` = classes ``20i+1 .. 20i+20``, used by PFENet and others),
+exists too; this dataset is HSNet's. Class ids here are those 1-based positions (``describe()["category_ids"]``
+maps them to COCO category ids).
+
+Layout (``root`` is the COCO folder, or a folder holding ``COCO2014/`` as HSNet's ``Datasets_HSN``)::
+
+    ROOT/train2014/*.jpg, ROOT/val2014/*.jpg
+    ROOT/annotations/instances_train2014.json, ROOT/annotations/instances_val2014.json
+
+Masks come from the instance annotations, not from HSNet's pre-rendered PNGs: all instances of a class in an
+image merged into one binary mask (polygons rasterised with Pillow at 5x5 sub-pixels, a pixel in when at least
+half of it is covered; uncompressed and compressed RLE decoded in numpy; ``decoder="auto"`` uses pycocotools
+when it is installed, ``"own"`` never). Crowd regions (``iscrowd``): HSNet's COCO loader has no ignore label
+(no ``ignore_idx`` in its COCO batches), every pixel of its masks counts; how its PNGs drew crowds is not in its
+code. fewseg's default ``crowd="mask"`` merges a crowd region into the class mask like any instance (as
+pycocotools' ``annToMask`` over a class's annotations does); ``crowd="ignore"`` marks it ignore instead (and
+lists an image only for its non-crowd instances).
+
+Construction reads one annotation JSON (the per-class image index is built from the annotations alone, kept in
+memory per file, so train and val of one run parse it once; ``instances_train2014.json`` takes a while and a few
+GB while parsing); masks are rasterised when an image is loaded. An image is listed for class c when it has an
+annotation of c (``min_foreground``: a minimum summed ``area`` as a fraction of the image). HSNet's fixed lists
+(``splits/coco/{trn,val}/fold*.pkl``) are not read.
+
+Splits: ``train`` = the 60 non-test classes on train2014, ``test`` = the fold's 20 classes on val2014 (HSNet's
+trn/val). ``val`` (settings chosen on it): by default three of the 60 held out of ``train``, the first class of
+each other fold (fold 0: classes 2, 3, 4), on train2014; ``val_classes=[ids or names]`` others;
+``val_classes="images"`` trains on all 60 as HSNet and validates on their val2014 images (the test images, with
+training-class masks only). ``all`` = the 80 classes on val2014 (cross-dataset testing).
+
+Test episodes: HSNet scores 1,000 one-query episodes per fold with a fixed seed (``test.py``:
+``utils.fix_randseed(0)``; ``__len__`` = 1000, a class drawn uniformly per episode). fewseg draws its own fixed,
+seeded, class-balanced episodes: ``fewseg evaluate --checkpoint RUN --shots 1 5 --episodes 1000 --queries 1``.
+
+Example (the RLE decoder; a dataset needs the files, see ``tests/test_pascal_coco.py``):
+    >>> from fewseg.data.sources.coco20i import rle_mask
+    >>> rle_mask({"counts": [1, 2, 3], "size": [2, 3]}, 2, 3).astype(int).tolist()  # column-major runs 0,1,0
+    [[0, 1, 0], [1, 0, 0]]
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Hashable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from fewseg.data.base import Sample, SegmentationDataset
+from fewseg.data.io import read_image
+from fewseg.data.sources.pascal5i import (
+    N_FOLDS,
+    benchmark_split,
+    check_fold,
+    find_root,
+    hsnet_folds,
+    image_set_of,
+)
+from fewseg.data.transforms import RESIZE_MODES, content_box, resize_arrays
+from fewseg.errors import DataError
+from fewseg.registry import DATASETS
+
+N_CLASSES = 80
+IGNORE = 255
+FOLDERS = {"trn": "train2014", "val": "val2014"}
+CROWD_MODES = ("mask", "ignore")
+DECODERS = ("auto", "own", "pycocotools")
+SUPERSAMPLE = 5  # polygon rasterisation: sub-pixels per pixel side
+
+
+# --- masks from annotations ---------------------------------------------------------------------------
+def rle_string_counts(s: str | bytes) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (6 bits a character, offset 48; from the third run
+    on each value is stored as the difference to the run two before)."""
+    data = s.encode("ascii") if isinstance(s, str) else bytes(s)
+    counts: list[int] = []
+    p = 0
+    while p < len(data):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(data):
+                raise ValueError("truncated RLE string")
+            c = data[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)  # sign extension
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def rle_mask(rle: dict, h: int, w: int) -> np.ndarray:
+    """bool [h,w] of an RLE ``{"counts": [ints] | str, "size": [h, w]}`` (runs of 0,1,0,... in column order)."""
+    size = rle.get("size", (h, w))
+    if not isinstance(size, (list, tuple)) or [int(v) for v in size] != [h, w]:
+        raise ValueError(f"RLE size {size!r} is not the image's {[h, w]}")
+    counts = rle["counts"]
+    counts = np.asarray(rle_string_counts(counts) if isinstance(counts, (str, bytes)) else counts, dtype=np.int64)
+    if counts.ndim != 1 or (counts < 0).any() or int(counts.sum()) != h * w:
+        raise ValueError(f"RLE runs sum to {int(counts.sum())}, not {h}x{w} = {h * w} pixels")
+    flat = np.repeat((np.arange(len(counts)) % 2).astype(bool), counts)
+    return flat.reshape(w, h).T.copy()
+
+
+def polygons_mask(polygons: Sequence[Sequence[float]], h: int, w: int) -> np.ndarray:
+    """bool [h,w]: the union of COCO polygons ``[x1, y1, x2, y2, ...]`` (pixel (x, y) spans [x, x+1) x [y, y+1));
+    drawn with Pillow at ``SUPERSAMPLE``^2 sub-pixels per pixel, in where at least half is covered."""
+    out = np.zeros((h, w), dtype=bool)
+    s = SUPERSAMPLE
+    for poly in polygons:
+        xy = np.asarray(poly, dtype=np.float64)
+        xy = xy[: len(xy) // 2 * 2].reshape(-1, 2)
+        if len(xy) < 3:
+            continue
+        x0, y0 = max(int(np.floor(xy[:, 0].min())), 0), max(int(np.floor(xy[:, 1].min())), 0)
+        x1, y1 = min(int(np.ceil(xy[:, 0].max())) + 1, w), min(int(np.ceil(xy[:, 1].max())) + 1, h)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        bw, bh = x1 - x0, y1 - y0
+        canvas = Image.new("L", (bw * s, bh * s), 0)
+        # sub-pixel j covers [j, j+1) / s; Pillow's pixel centres are integers: shift by half a sub-pixel
+        pts = (xy - (x0, y0)) * s - 0.5
+        ImageDraw.Draw(canvas).polygon([tuple(p) for p in pts.tolist()], fill=1)
+        cover = np.asarray(canvas).reshape(bh, s, bw, s).sum(axis=(1, 3), dtype=np.int32)
+        out[y0:y1, x0:x1] |= 2 * cover >= s * s
+    return out
+
+
+def _pycocotools():
+    try:
+        from pycocotools import mask as coco_mask
+    except ImportError:
+        return None
+    return coco_mask
+
+
+def segmentation_mask(seg, h: int, w: int, decoder: str = "auto") -> np.ndarray:
+    """bool [h,w] of one annotation's ``segmentation`` (polygon list, or RLE dict with list or string counts)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    cm = _pycocotools() if decoder != "own" else None
+    if decoder == "pycocotools" and cm is None:
+        raise ValueError("decoder='pycocotools' but pycocotools is not installed")
+    if isinstance(seg, dict):
+        size = seg.get("size")
+        if not isinstance(size, (list, tuple)) or [int(v) for v in size] != [h, w]:
+            raise ValueError(f"RLE size {size!r} is not the image's {[h, w]}")
+        if cm is None:
+            return rle_mask(seg, h, w)
+        counts = seg["counts"]
+        if isinstance(counts, (str, bytes)):
+            rle = {"counts": counts.encode("ascii") if isinstance(counts, str) else counts, "size": [h, w]}
+        else:
+            rle = cm.frPyObjects({"counts": [int(c) for c in counts], "size": [h, w]}, h, w)
+        return cm.decode(rle).astype(bool)
+    polys = [p for p in seg if len(p) >= 6]
+    if cm is None or not polys:
+        return polygons_mask(polys, h, w)
+    rles = cm.frPyObjects([np.asarray(p, dtype=np.float64)[: len(p) // 2 * 2] for p in polys], h, w)
+    return cm.decode(cm.merge(rles)).astype(bool)
+
+
+# --- the annotation index -------------------------------------------------------------------------------
+class _Index:
+    """What one annotation JSON says: categories, images, and per class {image id: [(segmentation, crowd,
+    area)]}; polygons are kept as float64 arrays (far smaller than JSON's lists of floats)."""
+
+    def __init__(self, path: Path):
+        if not path.is_file():
+            raise DataError(f"annotation file {path} does not exist")
+        try:
+            with open(path, "rb") as f:
+                data = json.load(f)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DataError(f"annotation file {path} is not valid JSON: {str(exc).splitlines()[0]}") from None
+        except OSError as exc:
+            raise DataError(f"cannot read annotation file {path}: {exc.strerror or exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
+                                                 for k in ("images", "annotations", "categories")):
+            raise DataError(f"annotation file {path} is not a COCO instances file "
+                            f"(needs 'images', 'annotations' and 'categories' lists)")
+        try:
+            cats = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
+            self.images = {int(im["id"]): (str(im["file_name"]), int(im["height"]), int(im["width"]))
+                           for im in data["images"]}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"annotation file {path}: a category or image entry lacks {exc}") from None
+        if len(cats) != N_CLASSES or len({c for c, _ in cats}) != N_CLASSES:
+            raise DataError(f"annotation file {path} lists {len(cats)} categories; COCO-20i needs the 80 of "
+                            f"COCO instances")
+        self.category_ids = {i + 1: cid for i, (cid, _) in enumerate(cats)}
+        self.names = {i + 1: name for i, (_, name) in enumerate(cats)}
+        position = {cid: i for i, cid in self.category_ids.items()}
+        self.by_class: dict[int, dict[int, list]] = {c: {} for c in self.names}
+        for ann in data["annotations"]:
+            try:
+                c, image_id, seg = position.get(int(ann["category_id"])), int(ann["image_id"]), ann["segmentation"]
+                crowd, area = bool(ann.get("iscrowd", 0)), float(ann.get("area", 0.0))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"annotation file {path}: annotation {_ann_id(ann)} lacks or mangles {exc}") from None
+            if c is None or image_id not in self.images:
+                raise DataError(f"annotation file {path}: annotation {_ann_id(ann)} names an unknown "
+                                f"{'category' if c is None else 'image'}")
+            compact = _compact(seg)
+            if compact is None:
+                raise DataError(f"annotation file {path}: annotation {_ann_id(ann)} has an unreadable segmentation")
+            if compact:  # an empty polygon list draws nothing
+                self.by_class[c].setdefault(image_id, []).append((compact, crowd, area))
+
+
+def _ann_id(ann) -> str:
+    return repr(ann.get("id")) if isinstance(ann, dict) else "(not an object)"
+
+
+def _compact(seg):
+    """A polygon list as a tuple of float64 arrays, an RLE dict as is (list counts as uint32), None if bad."""
+    if isinstance(seg, dict):
+        counts = seg.get("counts")
+        if isinstance(counts, str):
+            return {"counts": counts, "size": seg.get("size")}
+        if isinstance(counts, list):
+            try:
+                return {"counts": np.asarray(counts, dtype=np.uint32), "size": seg.get("size")}
+            except (TypeError, ValueError, OverflowError):
+                return None
+        return None
+    if isinstance(seg, list):
+        try:
+            return tuple(np.asarray(p, dtype=np.float64) for p in seg if len(p) >= 6)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+@lru_cache(maxsize=2)
+def _cached_index(path: str, size: int, mtime_ns: int) -> _Index:
+    return _Index(Path(path))
+
+
+def annotation_index(path: Path) -> _Index:
+    """The (cached) index of an instances JSON; a changed file is read again."""
+    try:
+        st = path.stat()
+    except OSError:
+        raise DataError(f"annotation file {path} does not exist") from None
+    return _cached_index(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+# --- the dataset ------------------------------------------------------------------------------------
+class Coco20iDataset(SegmentationDataset):
+    """COCO-20i (HSNet's interleaved folds): binary tasks "COCO class c vs the rest" from instance annotations.
+
+    Options: ``fold`` (0-3), ``val_classes`` (None, "images" or a list; see the module docstring),
+    ``min_foreground`` (0), ``crowd`` ("mask" or "ignore"), ``decoder`` ("auto", "own", "pycocotools"),
+    ``resize`` ("pad"), ``cache`` (keep resized pairs in memory). Keys are image file stems.
+    """
+
+    name = "coco20i"
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", fold: int | str = 0,
+                 n_folds: int = N_FOLDS, image_size: int = 64, resize: str = "pad", seed: int = 0,
+                 val_classes: str | Sequence[int | str] | None = None, min_foreground: float = 0.0,
+                 crowd: str = "mask", decoder: str = "auto", cache: bool = False):
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        if crowd not in CROWD_MODES:
+            raise ValueError(f"crowd must be one of {CROWD_MODES}, got {crowd!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if decoder == "pycocotools" and _pycocotools() is None:
+            raise ValueError("decoder='pycocotools' but pycocotools is not installed")
+        self.fold, self.n_folds = check_fold(fold, n_folds), N_FOLDS
+        self.image_set = image_set_of(split, val_classes)
+        self.root = find_root(root, "COCO2014", "annotations", self.name)
+        self.split, self.seed, self.image_size, self.resize = split, seed, int(image_size), resize
+        self.val_classes, self.min_foreground, self.crowd, self.decoder = val_classes, float(min_foreground), \
+            crowd, decoder
+        self.cache = bool(cache)
+        self.folder = self.root / FOLDERS[self.image_set]
+        if not self.folder.is_dir():
+            raise DataError(f"image folder {self.folder} does not exist")
+        self.annotation_file = self.root / "annotations" / f"instances_{FOLDERS[self.image_set]}.json"
+        self.index = annotation_index(self.annotation_file)
+        self.folds = hsnet_folds(N_CLASSES, interleaved=True)
+        classes, _ = benchmark_split(self.folds, self.fold, split, val_classes, self.index.names)
+        self._items: dict[int, list[str]] = {}
+        self._image_of: dict[str, int] = {}
+        for c in classes:
+            keep = []
+            for image_id, anns in self.index.by_class[c].items():
+                file_name, h, w = self.index.images[image_id]
+                counted = [a for a in anns if not (a[1] and crowd == "ignore")]
+                if counted and sum(a[2] for a in counted) >= self.min_foreground * h * w:
+                    stem = Path(file_name).stem
+                    keep.append(stem)
+                    self._image_of[stem] = image_id
+            if keep:
+                self._items[c] = sorted(keep)
+        self._sets = {c: set(v) for c, v in self._items.items()}
+        self.class_names = {c: self.index.names[c] for c in self._items}
+        self._cached: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    # --- masks --------------------------------------------------------------------------------------------
+    def _check(self, key: Hashable, class_id: int) -> int:
+        if class_id not in self._items:
+            raise DataError(f"class {class_id} is not in the {self.split} split (fold {self.fold}) of {self.root}")
+        if key not in self._sets[class_id]:
+            raise DataError(f"image {key!r} has no {self.class_names[class_id]!r} instance in "
+                            f"{self.annotation_file}")
+        return self._image_of[key]
+
+    def labels(self, key: Hashable, class_id: int) -> np.ndarray:
+        """uint8 [H,W] at the image's own size: 1 = the class (all instances merged), 255 = ignore, 0 = rest."""
+        image_id = self._check(key, class_id)
+        _, h, w = self.index.images[image_id]
+        fg, ignore = np.zeros((h, w), dtype=bool), np.zeros((h, w), dtype=bool)
+        for seg, crowd, _ in self.index.by_class[class_id][image_id]:
+            try:
+                m = segmentation_mask(seg, h, w, self.decoder)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise DataError(f"annotation file {self.annotation_file}: a {self.class_names[class_id]!r} "
+                                f"segmentation of image {key!r} cannot be decoded: {exc}") from None
+            if crowd and self.crowd == "ignore":
+                ignore |= m
+            else:
+                fg |= m
+        out = fg.astype(np.uint8)
+        out[ignore & ~fg] = IGNORE
+        return out
+
+    def _arrays(self, key: str, class_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if (key, class_id) in self._cached:
+            return self._cached[key, class_id]
+        labels = self.labels(key, class_id)
+        file_name, h, w = self.index.images[self._image_of[key]]
+        path = self.folder / file_name
+        image = read_image(path)
+        if image.shape[:2] != (h, w):
+            raise DataError(f"image {path} is {image.shape[1]}x{image.shape[0]} but {self.annotation_file} "
+                            f"says {w}x{h}")
+        out = resize_arrays(image, labels, self.image_size, self.resize, fill_label=IGNORE)
+        if self.cache:
+            self._cached[key, class_id] = out
+        return out
+
+    # --- the dataset contract -------------------------------------------------------------------------
+    def items(self, class_id: int) -> Sequence[Hashable]:
+        """File stems of the images with an instance of ``class_id``."""
+        if class_id not in self._items:
+            raise DataError(f"class {class_id} is not in the {self.split} split (fold {self.fold}) of {self.root}")
+        return list(self._items[class_id])
+
+    def load(self, key: Hashable, class_id: int) -> Sample:
+        """Image ``key`` with the merged mask of ``class_id`` (ignore: crowd regions with ``crowd="ignore"``
+        and the padding of ``resize="pad"``), at ``image_size``."""
+        im, lab = self._arrays(key, class_id)
+        image = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div_(255.0)  # [3,S,S]
+        lab_t = torch.from_numpy(lab)                                                               # [S,S]
+        return Sample(image.contiguous(), (lab_t == 1).to(torch.float32)[None], (lab_t == IGNORE)[None])
+
+    def full_resolution(self, key: Hashable, class_id: int):
+        """(mask [1,1,H,W] float, ignore [1,1,H,W] bool, box) at the image's own size (see ``content_box``);
+        None when ``resize="crop"``."""
+        labels = self.labels(key, class_id)
+        box = content_box(labels.shape[0], labels.shape[1], self.image_size, self.resize)
+        if box is None:
+            return None
+        return (torch.from_numpy(labels == 1)[None, None].to(torch.float32),
+                torch.from_numpy(labels == IGNORE)[None, None], box)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(root=str(self.root), split=self.split, fold=self.fold, n_folds=self.n_folds,
+                 test_classes=[self.index.names[c] for c in self.folds[self.fold]], image_set=self.image_set,
+                 annotations=str(self.annotation_file), val_classes=self.val_classes,
+                 min_foreground=self.min_foreground, crowd=self.crowd, resize=self.resize, seed=self.seed,
+                 category_ids={c: self.index.category_ids[c] for c in self.class_ids()},
+                 n_images=len(self._image_of))
+        return d
+
+
+DATASETS.register("coco20i")(Coco20iDataset)
