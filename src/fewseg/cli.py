@@ -1,4 +1,4 @@
-"""``fewseg demo|train|evaluate|adapt|predict|export|serve|list|config``: parse arguments -> config -> engine.
+"""``fewseg demo|train|tune|evaluate|adapt|predict|export|serve|list|config``: parse arguments -> config -> engine.
 
 Errors: one line, exit 2."""
 from __future__ import annotations
@@ -104,6 +104,15 @@ def cmd_train(args) -> None:
         close_process_group()
     if main:
         print(json.dumps({**result, "world_size": trainer.group.world}))
+        best = trainer.out / "checkpoints" / "best"
+        if trainer.cfg.eval.tune and (best / "meta.json").exists():
+            from fewseg.engine.tuning import tune_checkpoint
+            tune_checkpoint(best, device=trainer.cfg.device)
+
+
+def cmd_tune(args) -> None:
+    from fewseg.engine.tuning import tune_checkpoint
+    tune_checkpoint(args.checkpoint, shots=args.shots, device=args.device)
 
 
 def cmd_evaluate(args) -> None:
@@ -184,13 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iterations=200")
     s.set_defaults(func=cmd_train)
 
+    s = sub.add_parser("tune", help="choose test-time steps, rate, views and leave-one-out per shot count on "
+                                    "validation classes and store them in the checkpoint")
+    s.add_argument("--checkpoint", required=True, help="a run directory (its checkpoints/best) or a checkpoint")
+    s.add_argument("--shots", type=positive_int, nargs="+", default=None, help="default: the run's eval.shots")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_tune)
+
     s = sub.add_parser("evaluate", help="few-shot evaluation on test classes, beside baselines")
     s.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint directory")
     s.add_argument("--shots", type=positive_int, nargs="+", default=None, help="default: the run's eval.shots")
     s.add_argument("--episodes", type=positive_int, default=None,
                    help="per shot count; default: the run's eval.episodes")
     s.add_argument("--queries", type=positive_int, default=None, help="per episode; default: the run's eval.queries")
-    s.add_argument("--steps", type=count_int, default=None, help="inner steps at test time")
+    s.add_argument("--steps", type=count_int, default=None,
+                   help="inner steps at test time for every method (default: the checkpoint's plans, else eval_steps)")
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--baselines", nargs="*", default=None,
                    help="baselines to run (no names: all of them); omit the flag for none")

@@ -118,7 +118,16 @@ class EvalConfig:
     episodes: int = setting(300, "test episodes per shot count (`fewseg evaluate --episodes` overrides)")
     threshold: float = setting(0.5, "foreground probability above which a pixel is foreground (0 < t < 1)")
     long_steps: int = setting(100, "Adam steps of the random-init-long baseline")
-    lr_select_episodes: int = setting(20, "validation episodes for choosing the baselines' fine-tuning rates")
+    lr_select_episodes: int = setting(20, "validation episodes per shot count on which test-time settings are "
+                                          "chosen: the meta-learned model's plans and the baselines' steps and rates")
+    tune: bool = setting(True, "after meta-training, choose test-time steps, rate, augmented views and leave-one-out "
+                               "per shot count on validation classes and store them in checkpoints/best (false: "
+                               "algorithm.eval_steps at the training rate, baselines with the same steps)")
+    tune_steps: list[int] = setting([0, 1, 2, 3, 5, 7, 10, 15, 20], "test-time step counts tried by eval.tune")
+    tune_rate_scales: list[float] = setting([0.5, 1.0, 2.0], "multiples of the inner rate tried by eval.tune "
+                                                                  "(algorithms that learn their rates keep them)")
+    tune_views: int = setting(4, "augmented views of the support image tried at 1 shot by eval.tune (0: none)")
+    tune_leave_one_out: bool = setting(True, "try leave-one-out step selection at 2+ shots in eval.tune")
     transfer_images: int = setting(0, "image passes of transfer pre-training (0: as many as meta-training)")
     full_resolution: bool = setting(True, "real data: score at the label maps' own size (logits upsampled)")
 
@@ -301,6 +310,11 @@ def validate(cfg: Config) -> None:
         ("eval.queries", e.queries >= 1, ">= 1"), ("eval.threshold", 0 < e.threshold < 1, "in (0, 1)"),
         ("eval.long_steps", e.long_steps >= 0, ">= 0"),
         ("eval.lr_select_episodes", e.lr_select_episodes >= 1, ">= 1"),
+        ("eval.tune_steps", bool(e.tune_steps) and all(isinstance(k, int) and k >= 0 for k in e.tune_steps),
+         "a non-empty list of integers >= 0"),
+        ("eval.tune_rate_scales", bool(e.tune_rate_scales) and all(float(r) > 0 for r in e.tune_rate_scales),
+         "a non-empty list of numbers > 0"),
+        ("eval.tune_views", e.tune_views >= 0, ">= 0"),
         ("eval.transfer_images", e.transfer_images >= 0, ">= 0"),
         ("output", bool(cfg.output.strip()), "a non-empty path"),
     ]

@@ -118,15 +118,17 @@ class Segmenter:
     def adapt(self, images: Any, masks: Any, steps: int | None = None) -> AdaptedSegmenter:
         """Adapt to the class marked in ``masks`` (one per image, 1-10 images): the adapted model.
 
-        steps: inner steps (None: the checkpoint's test-time steps).
+        steps: inner steps (None: the checkpoint's test-time plan for this many images, chosen on validation
+        classes when it was trained with ``eval.tune``; else its ``eval_steps``).
         """
         x, y, ignore, names = self.prepare_support(images, masks)
         t0 = time.perf_counter()
         adapted = self.algorithm.adapt(x.to(self.device), y.to(self.device), steps=steps,
                                        support_ignore=ignore.to(self.device))
         network = network_with(self.algorithm.model, adapted.params)
-        info = {"algorithm": self.algorithm.name, "steps": self.default_steps if steps is None else int(steps),
-                "shots": len(names), "support": [Path(n).name for n in names], "checkpoint": self.source,
+        info = {"algorithm": self.algorithm.name, "steps": adapted.info.get("steps", steps),
+                "plan": adapted.info.get("plan"), "shots": len(names), "support": [Path(n).name for n in names],
+                "checkpoint": self.source,
                 "seconds": round(time.perf_counter() - t0, 4)}
         return AdaptedSegmenter(network, self.preprocessing, self.threshold, self.model_config, info, self.device)
 

@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,7 @@ class Adapted:
     forward: Callable[[Params, torch.Tensor], torch.Tensor]
     params: Params
     chunk: int = 16
+    info: dict = field(default_factory=dict)  # what adaptation did (steps taken, plan, support images)
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:

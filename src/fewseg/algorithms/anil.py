@@ -48,12 +48,14 @@ class ANIL(MetaAlgorithm):
             return functional_call(head, params, (feats,))
         return forward
 
-    def _head_loop(self, params, x, y, ignore, steps, lr_for, create_graph, keep_graph, functional_grad):
+    def _head_loop(self, params, x, y, ignore, steps, lr_for, create_graph, keep_graph, functional_grad,
+                   on_step=None):
         n0 = len(self.head_prefix)
         head = {n[n0:]: params[n] for n in self.adapt_names}
         return inner_loop(self._head_forward(), head, list(head), x, y, ignore, steps,
                           lambda k, n: lr_for(k, self.head_prefix + n), self.loss_fn, create_graph=create_graph,
-                          keep_graph=keep_graph, functional_grad=functional_grad, proximal=self.proximal)
+                          keep_graph=keep_graph, functional_grad=functional_grad, proximal=self.proximal,
+                          on_step=on_step)
 
     def task_loss(self, forward, params, ep: Episode, iteration: int, functional_grad: bool) -> torch.Tensor:
         if not self.cache_features:
@@ -64,15 +66,18 @@ class ANIL(MetaAlgorithm):
                                      self.lr_for, self.use_second_order(iteration), True, functional_grad)
         return self.loss_fn(self._head_forward()(trajectory[-1], feats_q), ep.query_y, ep.query_ignore)
 
-    def adapt(self, support_x, support_y, steps=None, lr=None, support_ignore=None) -> Adapted:
+    def adapt_run(self, support_x, support_y, support_ignore, steps, lr_scale=1.0, lr=None, on_step=None) -> Adapted:
         if not self.cache_features:
-            return super().adapt(support_x, support_y, steps, lr, support_ignore)
-        support_y, support_ignore, steps, rates = self._adapt_inputs(support_x, support_y, steps, lr, support_ignore)
+            return super().adapt_run(support_x, support_y, support_ignore, steps, lr_scale, lr, on_step)
+        rates = self._rates(steps, lr, lr_scale)
         params, forward = self.params_and_forward()
         with torch.no_grad():
             feats = self.model.features(support_x)  # [S,C,H,W]
+        frozen = {n: p.detach() for n, p in params.items()}
+
+        def with_head(head) -> Adapted:
+            return Adapted(forward, {**frozen, **{self.head_prefix + n: p.detach() for n, p in head.items()}})
+        seen = None if on_step is None else (lambda k, head: on_step(k, with_head(head)))
         head = self._head_loop(params, feats, support_y, support_ignore, steps,
-                               lambda k, n: rates[(k, n)], False, False, False)[-1]
-        final = {n: p.detach() for n, p in params.items()}
-        final.update({self.head_prefix + n: p.detach() for n, p in head.items()})
-        return Adapted(forward, final)
+                               lambda k, n: rates[(k, n)], False, False, False, on_step=seen)[-1]
+        return with_head(head)

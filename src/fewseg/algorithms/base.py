@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -31,6 +32,13 @@ from fewseg.algorithms.execution import accumulate_meta_gradient, whole_graph_lo
 from fewseg.algorithms.inner_loop import Params, inner_loop, make_forward
 from fewseg.algorithms.norms import check_norm_layers, has_batchnorm
 from fewseg.algorithms.options import CORE_OPTIONS, check_core_values, resolve_options
+from fewseg.algorithms.test_time import (
+    AdaptationPlan,
+    adapt_with_plan,
+    plan_for_shots,
+    plans_from_dict,
+    plans_to_dict,
+)
 from fewseg.algorithms.weighting import TaskWeighting
 from fewseg.data.episode import Episode, MetaBatch, check_images, check_masks, check_unit_range
 from fewseg.distributed import SINGLE, ProcessGroup
@@ -52,6 +60,7 @@ class MetaAlgorithm(nn.Module):
     name = "maml"
     OPTIONS: frozenset[str] = frozenset(CORE_OPTIONS)  # the options this algorithm honours
     FIXED: ClassVar[dict] = {}                          # core options it always sets itself
+    learns_rates = False                                # True: test-time plans keep the learned inner rates
 
     def __init__(self, model: nn.Module, class_counts: dict[int, int] | None = None, **options):
         super().__init__()
@@ -66,6 +75,7 @@ class MetaAlgorithm(nn.Module):
         self.loss_name, self.loss_fn = o["loss"], get_loss(o["loss"])
         self.strategy, self.task_chunk, self.proximal = o["strategy"], o["task_chunk"], float(o["proximal"])
         self.eval_steps = self.inner_steps if o["eval_steps"] is None else o["eval_steps"]
+        self.test_time: dict[int, AdaptationPlan] = {}  # shots -> plan chosen on val classes (test_time.choose_plans)
         self.inner_checkpoint, self.checkpoint_images = bool(o["inner_checkpoint"]), int(o["checkpoint_images"])
         self.weighting = TaskWeighting(o["task_weighting"], float(o["weight_temperature"]), bool(o["weight_grad"]),
                                        float(o["frequency_power"]), dict(class_counts or {}))
@@ -130,38 +140,62 @@ class MetaAlgorithm(nn.Module):
         With several ranks, this rank's share of the batch only: sum ``.grad`` across ranks afterwards."""
         return accumulate_meta_gradient(self, batch, iteration, group)
 
-    # --- test time ----------------------------------------------------------------------------------
+    # --- test time ---------------------------------------------------------------------------------
+    def plan_for(self, shots: int) -> AdaptationPlan:
+        """The test-time plan for ``shots`` support images: the one chosen on validation classes for that shot
+        count (or the nearest stored one), else ``eval_steps`` at the training rate."""
+        return plan_for_shots(self.test_time, shots, AdaptationPlan(self.eval_steps))
+
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
-              lr: float | None = None, support_ignore: torch.Tensor | None = None) -> Adapted:
+              lr: float | None = None, support_ignore: torch.Tensor | None = None, *, views: int | None = None,
+              leave_one_out: bool | None = None, seed: int = 0) -> Adapted:
         """Adapt to one task (no outer graph): support_x [S,C,H,W] floats in [0,1] (C: the model's in_channels),
-        support_y [S,1,H,W] in {0,1}."""
-        support_y, support_ignore, steps, rates = self._adapt_inputs(support_x, support_y, steps, lr, support_ignore)
+        support_y [S,1,H,W] in {0,1}. Follows ``plan_for(S)``; ``steps`` (exactly that many), ``lr`` (one rate for
+        every parameter), ``views`` (augmented copies of the support set) and ``leave_one_out`` override it.
+        ``seed`` fixes the augmented views."""
+        support_y, support_ignore = self._check_support(support_x, support_y, support_ignore)
+        plan = self.plan_for(support_x.shape[0]).override(steps=steps, lr=lr, views=views,
+                                                          leave_one_out=leave_one_out)
+        return adapt_with_plan(self, plan, support_x, support_y, support_ignore, seed=seed)
+
+    def adapt_run(self, support_x: torch.Tensor, support_y: torch.Tensor, support_ignore: torch.Tensor | None,
+                  steps: int, lr_scale: float = 1.0, lr: float | None = None,
+                  on_step: Callable[[int, Adapted], None] | None = None) -> Adapted:
+        """``steps`` plain inner steps on checked support tensors at ``lr_scale`` x the algorithm's own rates (or
+        one rate ``lr``); ``on_step(k, adapted_k)`` sees the weights after every step k = 1..steps."""
+        rates = self._rates(steps, lr, lr_scale)
         params, forward = self.params_and_forward()
         with torch.no_grad():
             fixed = {k: {n: p.detach() for n, p in self.step_params(min(k, self.inner_steps)).items()}
                      for k in range(steps + 1)}
+        seen = None if on_step is None else (
+            lambda k, p: on_step(k, Adapted(forward, {n: v.detach() for n, v in {**p, **fixed[k]}.items()})))
         trajectory = inner_loop(forward, params, self.adapt_names, support_x, support_y, support_ignore, steps,
                                 lambda k, n: rates[(k, n)], self.loss_fn, create_graph=False, keep_graph=False,
-                                proximal=self.proximal, step_params=fixed.__getitem__)
+                                proximal=self.proximal, step_params=fixed.__getitem__, on_step=seen)
         final = {n: p.detach() for n, p in {**trajectory[-1], **fixed[steps]}.items()}
         return Adapted(forward, final)
 
-    def _adapt_inputs(self, support_x, support_y, steps, lr, support_ignore):
-        """Checked (support_y, support_ignore), the step count and the fixed rates {(step, name): rate}."""
+    def _check_support(self, support_x, support_y, support_ignore):
+        """Checked (support_y as support_x's dtype, support_ignore as bool or None)."""
         check_images("support_x", support_x, 4, channels=input_channels(self.model))
         check_unit_range("support_x", support_x)
         check_masks("support_y", support_y, support_x)
         if support_ignore is not None:
             check_masks("support_ignore", support_ignore, support_x, binary=False)
             support_ignore = support_ignore.bool()
-        steps = self.eval_steps if steps is None else steps
+        return support_y.to(support_x.dtype), support_ignore
+
+    def _rates(self, steps: int, lr: float | None, lr_scale: float = 1.0) -> dict:
+        """The fixed test-time rates {(step, name): rate}: ``lr`` for all, else ``lr_scale`` x ``lr_for`` (steps
+        past the trained ones reuse the last trained step's rate)."""
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"adaptation steps must be an integer >= 0, got {steps!r}")
         lr_for = self.lr_for if lr is None else (lambda step, name: lr)
+        scale = 1.0 if lr is not None else float(lr_scale)
         with torch.no_grad():
-            rates = {(k, n): _detach(lr_for(min(k, self.inner_steps - 1) if self.inner_steps else k, n))
-                     for k in range(steps) for n in self.adapt_names}
-        return support_y.to(support_x.dtype), support_ignore, steps, rates
+            return {(k, n): _detach(lr_for(min(k, self.inner_steps - 1) if self.inner_steps else k, n)) * scale
+                    for k in range(steps) for n in self.adapt_names}
 
     # --- checkpoints --------------------------------------------------------------------------------
     @property
@@ -169,8 +203,16 @@ class MetaAlgorithm(nn.Module):
         return dict(self.weighting.class_counts)
 
     def extra_state(self) -> dict:
-        """JSON-able algorithm facts saved in checkpoints beside the tensors (for the record)."""
-        return {"class_counts": {str(c): n for c, n in self.weighting.class_counts.items()}}
+        """JSON-able algorithm facts saved in checkpoints beside the tensors: class counts (for the record) and the
+        test-time plans chosen on validation classes (read back by ``load_extra_state``)."""
+        state = {"class_counts": {str(c): n for c, n in self.weighting.class_counts.items()}}
+        if self.test_time:
+            state["test_time"] = plans_to_dict(self.test_time)
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what ``extra_state`` saved that changes behaviour (the test-time plans)."""
+        self.test_time = plans_from_dict(state.get("test_time", {}))
 
 
 def _detach(v):

@@ -63,7 +63,8 @@ def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: 
                x: torch.Tensor, y: torch.Tensor, ignore: torch.Tensor | None, steps: int,
                lr_for: LearningRates, loss_fn: LossFn, create_graph: bool, keep_graph: bool = True,
                functional_grad: bool = False, proximal: float = 0.0,
-               step_params: Callable[[int], Params] | None = None) -> list[Params]:
+               step_params: Callable[[int], Params] | None = None,
+               on_step: Callable[[int, Params], None] | None = None) -> list[Params]:
     """Take ``steps`` SGD steps on the support loss; return [params_0, ..., params_steps].
 
     x [S,3,H,W], y [S,1,H,W], ignore [S,1,H,W] | None. Only ``adapt_names`` change; the others are shared.
@@ -73,6 +74,7 @@ def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: 
     functional_grad: use torch.func.grad (required under vmap) instead of torch.autograd.grad.
     proximal: lambda of the iMAML-style term lambda/2 * ||phi - theta||^2 added to the support loss.
     step_params(k): extra parameters used by the forward at inner step k only (MAML++ per-step norm weights).
+    on_step(k, params_k): called with the weights after every step k = 1..steps (test-time scoring of each step).
     """
     anchor = {n: params[n].detach() if not keep_graph else params[n] for n in adapt_names}
     if not keep_graph:
@@ -86,4 +88,6 @@ def inner_loop(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: 
             params = {n: (p.detach().requires_grad_(True) if n in anchor else p) for n, p in params.items()}
             trajectory = trajectory[:1]  # no graph to keep: drop the previous step's weights
         trajectory.append(params)
+        if on_step is not None:
+            on_step(step + 1, params)
     return trajectory

@@ -63,6 +63,7 @@ class MAMLPlusPlus(MetaAlgorithm):
                              "first_order=True (every iteration is first order)")
         self.multi_step_loss, self.msl_iterations = bool(multi_step_loss), int(msl_iterations)
         self.learned_rates, self.first_order_iterations = bool(learned_rates), int(first_order_iterations)
+        self.learns_rates = self.learned_rates  # test time: learned per-step rates are used as learned
         self.per_step_norm = bool(per_step_norm)
         K = self.inner_steps
         self.norm_names: list[str] = []

@@ -17,6 +17,7 @@ class MetaSGD(MetaAlgorithm):
     """
 
     name = "meta-sgd"
+    learns_rates = True  # test time: the learned rates are used as learned
     OPTIONS = MetaAlgorithm.OPTIONS | {"per_tensor"}
 
     def __init__(self, model, per_tensor: bool = False, **options):

@@ -36,18 +36,20 @@ class Reptile(MetaAlgorithm):
             raise ValueError(f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner_optimizer!r}")
         self.inner_optimizer = inner_optimizer
 
-    def _steps(self, params, forward, x, y, ign, steps: int, lr_for) -> dict:
+    def _steps(self, params, forward, x, y, ign, steps: int, lr_for, on_step=None) -> dict:
         """``steps`` steps of the inner optimiser from ``params`` (no graph); the adapted weights."""
         if self.inner_optimizer == "sgd":
             return inner_loop(forward, params, self.adapt_names, x, y, ign, steps, lr_for, self.loss_fn,
-                              create_graph=False, keep_graph=False)[-1]
+                              create_graph=False, keep_graph=False, on_step=on_step)[-1]
         phi = {n: p.detach().clone().requires_grad_(n in self.adapt_names) for n, p in params.items()}
         opt = torch.optim.Adam([phi[n] for n in self.adapt_names], lr=float(lr_for(0, self.adapt_names[0])))
         with torch.enable_grad():
-            for _ in range(steps):
+            for k in range(steps):
                 opt.zero_grad()
                 self.loss_fn(forward(phi, x), y, ign).backward()
                 opt.step()
+                if on_step is not None:
+                    on_step(k + 1, phi)
         return phi
 
     def adapted_weights(self, batch: MetaBatch, tasks: range | None = None) -> tuple[dict[int, dict], torch.Tensor]:
@@ -91,11 +93,13 @@ class Reptile(MetaAlgorithm):
                 p.grad = pseudo if p.grad is None else p.grad + pseudo
         return {"loss": float((w * losses).sum()), "task_losses": losses.tolist(), "task_weights": w.tolist()}
 
-    def adapt(self, support_x, support_y, steps=None, lr=None, support_ignore=None) -> Adapted:
+    def adapt_run(self, support_x, support_y, support_ignore, steps, lr_scale=1.0, lr=None, on_step=None) -> Adapted:
         if self.inner_optimizer == "sgd":
-            return super().adapt(support_x, support_y, steps, lr, support_ignore)
-        support_y, support_ignore, steps, _ = self._adapt_inputs(support_x, support_y, steps, lr, support_ignore)
+            return super().adapt_run(support_x, support_y, support_ignore, steps, lr_scale, lr, on_step)
+        self._rates(steps, lr, lr_scale)  # checks steps
         params, forward = self.params_and_forward()
-        rate = self.inner_lr if lr is None else lr
-        phi = self._steps(params, forward, support_x, support_y, support_ignore, steps, lambda k, n: rate)
+        rate = self.inner_lr * lr_scale if lr is None else lr
+        seen = None if on_step is None else (
+            lambda k, phi: on_step(k, Adapted(forward, {n: p.detach() for n, p in phi.items()})))
+        phi = self._steps(params, forward, support_x, support_y, support_ignore, steps, lambda k, n: rate, seen)
         return Adapted(forward, {n: p.detach() for n, p in phi.items()})

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fewseg.algorithms.base import MetaAlgorithm
-from fewseg.baselines.finetune import FineTuneLearner
+from fewseg.baselines.finetune import FineTuneLearner, PerShotLearner
 from fewseg.baselines.transfer import pretrain_transfer
 from fewseg.config import Config
 from fewseg.data.base import SegmentationDataset
@@ -25,6 +25,7 @@ from fewseg.engine.builders import build_model
 from fewseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewseg.engine.evaluator import Learner, evaluate
 from fewseg.errors import ConfigError
+from fewseg.metrics import IoUAccumulator, binary_stats
 
 LR_CANDIDATES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -81,6 +82,28 @@ def select_lr(make: Callable[[float], Learner], episodes: list[Episode], candida
     return max(scores, key=scores.get)
 
 
+def select_steps_and_lr(model: torch.nn.Module, episodes: list[Episode], steps_grid, loss: str,
+                        candidates=LR_CANDIDATES, device="cpu", threshold: float = 0.5) -> tuple[int, float, float]:
+    """(steps, rate, val mIoU): the fine-tuning schedule with the best mIoU on validation episodes; each episode
+    fine-tunes once per rate to the grid's largest step count and is scored after every step of the grid
+    (ties: fewer steps, then the smaller rate)."""
+    grid = sorted({int(k) for k in steps_grid if k > 0}) or [1]
+    accs: dict[tuple[int, float], IoUAccumulator] = {}
+    for lr in candidates:
+        learner = FineTuneLearner(model, max(grid), lr, loss=loss)
+        for ep in episodes:
+            ep = ep.to(device)
+
+            def score(k, tuned, ep=ep, lr=lr):
+                if k in grid:
+                    stats = binary_stats(tuned.predict(ep.query_x) > threshold, ep.query_y, ep.query_ignore)
+                    accs.setdefault((k, lr), IoUAccumulator()).update(ep.class_id, stats)
+            learner.adapt(ep.support_x, ep.support_y, ep.support_ignore, on_step=score)
+    scores = {key: acc.summary()["miou"] for key, acc in accs.items()}
+    k, lr = max(scores, key=lambda c: (scores[c], -c[0], -c[1]))
+    return k, lr, scores[(k, lr)]
+
+
 @dataclass
 class BaselineContext:
     """Everything a baseline factory may use; ``steps`` is the meta-learned model's test-time step count."""
@@ -100,11 +123,15 @@ class BaselineContext:
             self._shared[key] = build()
         return self._shared[key]
 
-    def val_episodes(self) -> list[Episode]:
-        """The fixed validation episodes for choosing fine-tuning rates (none without a val set)."""
-        c = self.cfg
-        return self._once("val_episodes", lambda: [] if self.val_set is None else EpisodeSampler(
-            self.val_set, c.train.shots, c.train.queries, seed=c.seed + 2).fixed_episodes(c.eval.lr_select_episodes))
+    shots: tuple[int, ...] = ()   # with ``per_shot``: the shot counts whose schedules are chosen
+    per_shot: bool = False        # True: steps and rate chosen per shot count (``eval.tune``); else ``steps``
+
+    def val_episodes(self, shots: int | None = None) -> list[Episode]:
+        """The fixed validation episodes of ``shots`` (default ``train.shots``) on which fine-tuning schedules are
+        chosen (none without a val set); the meta-learned model's plans are chosen on the same episodes."""
+        shots = self.cfg.train.shots if shots is None else shots
+        return self._once(f"val_episodes_{shots}", lambda: [] if self.val_set is None else
+                          validation_episodes(self.cfg, self.val_set, shots))
 
     def random_model(self) -> torch.nn.Module:
         """A randomly initialised network (seed + 5), in eval mode."""
@@ -119,9 +146,34 @@ class BaselineContext:
                                                                    self.device))
 
     def tuned(self, name: str, model: torch.nn.Module, budget_prefix: str = "") -> Method:
-        """``steps`` SGD steps from ``model`` at the rate that scores best on the validation episodes."""
+        """``steps`` SGD steps from ``model`` at the rate that scores best on the validation episodes; with
+        ``per_shot``, steps and rate chosen for each shot count on its own validation episodes."""
+        if self.per_shot:
+            return self._tuned_per_shot(name, model, budget_prefix)
         episodes = self.val_episodes()
         lr = select_lr(lambda r: FineTuneLearner(model, self.steps, r), episodes, device=self.device,
                        threshold=self.cfg.eval.threshold) if episodes else self.algo.inner_lr
         self.log(f"{name}: SGD rate {lr:g} chosen on validation classes")
         return Method(name, f"{budget_prefix}{self.steps} SGD steps, lr {lr:g}", FineTuneLearner(model, self.steps, lr))
+
+    def _tuned_per_shot(self, name: str, model: torch.nn.Module, budget_prefix: str) -> Method:
+        c, learners, parts = self.cfg, {}, []
+        for shots in self.shots:
+            episodes = self.val_episodes(shots)
+            if episodes:
+                steps, lr, score = select_steps_and_lr(model, episodes, c.eval.tune_steps, c.algorithm.loss,
+                                                       device=self.device, threshold=c.eval.threshold)
+                self.log(f"{name}, {shots}-shot: {steps} SGD steps at rate {lr:g} chosen on validation classes "
+                         f"(val mIoU {100 * score:.1f})")
+            else:
+                steps, lr = self.steps, self.algo.inner_lr
+            learners[shots] = FineTuneLearner(model, steps, lr, loss=c.algorithm.loss)
+            parts.append(f"{shots}-shot {steps} steps lr {lr:g}")
+        return Method(name, f"{budget_prefix}SGD, chosen on val: {'; '.join(parts)}", PerShotLearner(learners))
+
+
+def validation_episodes(cfg: Config, val_set: SegmentationDataset, shots: int) -> list[Episode]:
+    """The fixed validation episodes of ``shots`` on which test-time settings are chosen (``eval.lr_select_episodes``
+    of them, seed + 2): the same for the meta-learned model and every baseline."""
+    return EpisodeSampler(val_set, shots, cfg.train.queries, seed=cfg.seed + 2).fixed_episodes(
+        cfg.eval.lr_select_episodes)

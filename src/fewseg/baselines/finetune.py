@@ -38,7 +38,8 @@ class FineTuneLearner:
     optimizer: str = "sgd"
     loss: str = "bce"
 
-    def adapt(self, support_x, support_y, support_ignore=None) -> FineTuned:
+    def adapt(self, support_x, support_y, support_ignore=None, on_step=None) -> FineTuned:
+        """The fine-tuned copy; ``on_step(k, fine_tuned_k)`` sees it after every step k = 1..steps (in eval mode)."""
         model = copy.deepcopy(self.model)
         model.train()
         loss_fn = get_loss(self.loss)
@@ -46,9 +47,24 @@ class FineTuneLearner:
         opt = (torch.optim.Adam(params, lr=self.lr) if self.optimizer == "adam"
                else torch.optim.SGD(params, lr=self.lr))
         with torch.enable_grad():
-            for _ in range(self.steps):
+            for k in range(self.steps):
                 opt.zero_grad(set_to_none=True)
                 loss_fn(model(support_x), support_y, support_ignore).backward()
                 opt.step()
+                if on_step is not None:
+                    model.eval()
+                    on_step(k + 1, FineTuned(model))
+                    model.train()
         model.eval()
         return FineTuned(model)
+
+
+@dataclass
+class PerShotLearner:
+    """Dispatches to the learner chosen for the support set's size (the nearest stored shot count; ties: smaller)."""
+
+    learners: dict[int, object]
+
+    def adapt(self, support_x, support_y, support_ignore=None):
+        shots = min(self.learners, key=lambda s: (abs(s - support_x.shape[0]), s))
+        return self.learners[shots].adapt(support_x, support_y, support_ignore=support_ignore)

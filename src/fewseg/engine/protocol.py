@@ -7,7 +7,7 @@ Baseline fine-tuning rates are chosen on *validation* classes, never on test cla
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fewseg.algorithms.base import MetaAlgorithm
@@ -22,13 +22,25 @@ from fewseg.registry import BASELINES
 __all__ = ["Method", "build_methods", "format_table", "run_protocol"]
 
 
-def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int, baselines: list[str],
+def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int | None, baselines: list[str],
                   train_set: SegmentationDataset | None, val_set: SegmentationDataset | None,
-                  run_dir: Path | None, device, log: Callable[[str], None] = print) -> list[Method]:
-    """The meta-learned learner, then the requested baselines in registration order (rates tuned on val)."""
+                  run_dir: Path | None, device, log: Callable[[str], None] = print,
+                  shots: Sequence[int] = ()) -> list[Method]:
+    """The meta-learned learner, then the requested baselines in registration order (rates tuned on val).
+
+    steps None with test-time plans stored in the checkpoint (``eval.tune``): the meta-learned model follows its
+    plan per shot count and each fine-tuned baseline gets steps and rate chosen per shot count on the same
+    validation episodes. Otherwise everything takes ``steps`` (default ``eval_steps``), baselines' rates tuned."""
     names = check_baselines(baselines)
-    ctx = BaselineContext(cfg, algo, steps, train_set, val_set, run_dir, device, log)
-    methods = [Method(cfg.algorithm.name, f"{steps} steps (meta-learned init)", MetaLearner(algo, steps=steps))]
+    per_shot = steps is None and bool(algo.test_time)
+    steps = algo.eval_steps if steps is None else steps
+    ctx = BaselineContext(cfg, algo, steps, train_set, val_set, run_dir, device, log, shots=tuple(shots),
+                          per_shot=per_shot)
+    if per_shot:
+        plans = "; ".join(f"{s}-shot {algo.plan_for(s).describe()}" for s in shots)
+        methods = [Method(cfg.algorithm.name, f"meta-learned init, chosen on val: {plans}", MetaLearner(algo))]
+    else:
+        methods = [Method(cfg.algorithm.name, f"{steps} steps (meta-learned init)", MetaLearner(algo, steps=steps))]
     for name in names:
         method = BASELINES.create(name, ctx)
         if method is not None:

@@ -90,7 +90,6 @@ def _silent(*_args, **_kwargs) -> None:
 def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, dataset, data_root, output, device, log,
               group) -> dict:
     cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
-    steps = algo.eval_steps if steps is None else steps
     shots = list(cfg.eval.shots if shots is None else shots)
     episodes = cfg.eval.episodes if episodes is None else episodes
     queries = cfg.eval.queries if queries is None else queries
@@ -107,7 +106,11 @@ def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, data
     cached = run_dir_of(ckpt_dir) is not None and bool({"transfer", "prototype"} & set(baselines))
     if cached and not group.is_main:  # the transfer network: trained (or loaded) once by rank 0, then read
         group.barrier()
-    methods = build_methods(cfg, algo, steps, baselines, train_set, val_set, run_dir_of(ckpt_dir), device, log)
+    methods = build_methods(cfg, algo, steps, baselines, train_set, val_set, run_dir_of(ckpt_dir), device, log,
+                            shots=shots)
+    if steps is None and algo.test_time:
+        log("test-time plans (chosen on validation classes): "
+            + "; ".join(f"{s}-shot {algo.plan_for(s).describe()}" for s in shots))
     if cached and group.is_main:
         group.barrier()
     results = run_protocol(methods, test_set, shots, queries, episodes, seed, device, log,
@@ -118,7 +121,9 @@ def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, data
     log(f"\n{test_set.name} test classes: {len(test_set.class_ids())}, episodes per shot count: {episodes}, "
         f"{queries} queries, seed {seed}, scored at {scored_at}\n{table}")
     record = {"checkpoint": str(ckpt_dir), "dataset": test_set.describe(), "episodes": episodes, "queries": queries,
-              "seed": seed, "steps": steps, "threshold": cfg.eval.threshold, "scored_at": scored_at,
+              "seed": seed, "steps": steps if steps is not None or algo.test_time else algo.eval_steps,
+              "test_time": {str(s): algo.plan_for(s).to_dict() for s in shots} if steps is None else None,
+              "threshold": cfg.eval.threshold, "scored_at": scored_at,
               "results": {str(k): v for k, v in results.items()}, "table": table,
               "seconds": time.perf_counter() - t0, "world_size": group.world}
     if not group.is_main:
