@@ -201,18 +201,14 @@ def choose_plans(algo, episodes_by_shots: dict[int, list], steps_grid: Sequence[
         modes = [(0, False)] + ([(views, False)] if shots == 1 and views > 0 else []) \
             + ([(0, True)] if shots >= 2 and leave_one_out else [])
         scores = _score_candidates(algo, episodes, grid, scales, modes, threshold, seed, device)
-        zero = scores[(0, 1.0, 0, False)] if (0, 1.0, 0, False) in scores else None
-
-        def rank(c):
-            k, scale, v, loo = c
-            return (scores[c], -k, -(v > 0) - loo, -abs(math.log(scale)))
-        best = max(scores, key=rank)
+        zero = scores[(0, 1.0, 0, False)]
+        best = max(scores, key=lambda c, scores=scores: (scores[c], -c[0], -(c[2] > 0) - c[3], -abs(math.log(c[1]))))
         k, scale, v, loo = best
         record = {"val_miou": scores[best], "zero_shot_val_miou": zero, "episodes": len(episodes),
                   "candidates": len(scores)}
         plans[shots] = AdaptationPlan(k, scale if k else 1.0, v, loo, chosen=record)
         log(f"test time, {shots}-shot: {plans[shots].describe()} (val mIoU {100 * scores[best]:.1f}, "
-            f"0 steps {100 * (zero or 0):.1f}; {len(scores)} candidates on {len(episodes)} val episodes)")
+            f"0 steps {100 * zero:.1f}; {len(scores)} candidates on {len(episodes)} val episodes)")
     return plans
 
 
