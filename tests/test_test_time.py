@@ -86,6 +86,7 @@ def test_evaluate_adapt_and_the_api_follow_the_plan_and_an_override_wins(tuned_r
     assert seg.adapt([img], [mask]).info["steps"] == plan.steps
     assert seg.adapt([img], [mask]).info["plan"] == plan.describe()
     assert seg.adapt([img], [mask], steps=4).info["steps"] == 4
+    assert plan.describe() in seg.describe_adaptation() and "3 shots" in seg.describe_adaptation()
 
 
 def test_choosing_reads_validation_classes_only(tmp_path, monkeypatch):

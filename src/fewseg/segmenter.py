@@ -88,7 +88,15 @@ class Segmenter:
 
     @property
     def default_steps(self) -> int:
+        """The fixed test-time step count used where no plan is stored (``algorithm.eval_steps``)."""
         return int(self.algorithm.eval_steps)
+
+    def describe_adaptation(self) -> str:
+        """How this model adapts: its test-time plans per shot count, or its fixed step count."""
+        plans = self.algorithm.test_time
+        if not plans:
+            return f"{self.default_steps} adaptation steps"
+        return "; ".join(f"{s} shot{'s' if s > 1 else ''}: {p.describe()}" for s, p in sorted(plans.items()))
 
     def prepare_support(self, images: Any, masks: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
         """(x [S,C,s,s], y [S,1,s,s], ignore [S,1,s,s], names) from support images and masks."""

@@ -121,7 +121,8 @@ def create_app(segmenter, limits: Limits | None = None):
         p = segmenter.preprocessing
         return jsonify({"checkpoint": segmenter.source, "algorithm": segmenter.algorithm.name,
                         "image_size": p.image_size, "resize": p.resize, "channels": p.channels,
-                        "steps": segmenter.default_steps, "threshold": segmenter.threshold,
+                        "steps": segmenter.default_steps, "adaptation": segmenter.describe_adaptation(),
+                        "threshold": segmenter.threshold,
                         "max_support": limits.support, "max_queries": limits.queries,
                         "max_file_mb": limits.file_bytes // 2**20, "max_request_mb": limits.request_bytes // 2**20})
 
