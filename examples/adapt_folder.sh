@@ -15,7 +15,7 @@ mkdir -p "$WORK"
 fewseg train --no-progress --config synthetic_maml \
     train.iterations=2 train.meta_batch=2 train.shots=2 train.queries=2 \
     train.val_every=2 train.val_episodes=2 train.checkpoint_every=2 \
-    data.image_size=24 model.options.depth=2 model.options.width=4 output="$WORK/run"
+    data.image_size=24 model.options.depth=2 model.options.width=4 eval.lr_select_episodes=2 output="$WORK/run"
 
 python - "$WORK" <<'PY'
 import sys

@@ -14,7 +14,8 @@ from fewseg.recipes import recipe_names
 
 BASELINE_NAMES = ["zero-shot", "random-init", "random-init-long", "transfer", "prototype"]
 SMALL = ["data.image_size=24", "model.name=unet", "model.options={depth: 2, width: 4}", "train.meta_batch=1",
-         "train.shots=2", "train.queries=2", "algorithm.inner_steps=1", "train.val_episodes=2"]
+         "train.shots=2", "train.queries=2", "algorithm.inner_steps=1", "train.val_episodes=2",
+         "eval.lr_select_episodes=2"]
 TINY = tiny_config(1, 24, {"name": "unet", "options": {"depth": 2, "width": 4}}, {"shots": 2, "queries": 2},
                    tiny_eval(3, shots=2, queries=2, transfer_images=20, long_steps=2, lr_select_episodes=2))
 
@@ -61,6 +62,8 @@ def test_train_takes_a_shipped_recipe_by_name(tmp_path, capsys):
     assert main(["train", "--no-progress", "--config", "synthetic_maml", f"output={tmp_path}",
                  "train.iterations=1", *SMALL]) == 0
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["name"] == "synthetic_maml"
+    meta = json.loads((tmp_path / "checkpoints" / "best" / "meta.json").read_text())
+    assert sorted(meta["algorithm_state"]["test_time"]) == ["1", "5"]  # eval.tune: plans for eval.shots
     assert main(["train", "--config", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'nope'" in err and ", ".join(recipe_names()) in err

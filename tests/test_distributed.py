@@ -59,7 +59,8 @@ def tiny(out: Path, *extra: str) -> list[str]:
     return ["--config", "synthetic_maml", "--no-progress", "data.image_size=16", "model.options.depth=2",
             "model.options.width=4", "train.meta_batch=3", "train.shots=2", "train.queries=2",
             "train.iterations=3", "train.val_every=3", "train.val_episodes=3", "train.checkpoint_every=1",
-            "train.schedule=constant", "algorithm.inner_steps=2", "algorithm.eval_steps=2", f"output={out}", *extra]
+            "train.schedule=constant", "algorithm.inner_steps=2", "algorithm.eval_steps=2", "eval.tune=false",
+            f"output={out}", *extra]
 
 
 ALGORITHM_RUNS = {
