@@ -40,15 +40,19 @@ class Learner(Protocol):
 
 @dataclass
 class MetaLearner:
-    """A meta-trained algorithm adapting with ``steps`` inner steps (0 = zero-shot) at ``lr``."""
+    """A meta-trained algorithm adapting by its test-time plan, or with the given overrides: ``steps`` inner steps
+    (0 = zero-shot), one rate ``lr``, ``views`` augmented views, ``leave_one_out`` on or off (None: the plan's)."""
 
     algorithm: MetaAlgorithm
     steps: int | None = None
     lr: float | None = None
+    views: int | None = None
+    leave_one_out: bool | None = None
 
     def adapt(self, support_x, support_y, support_ignore=None) -> Adapted:
         return self.algorithm.adapt(support_x, support_y, steps=self.steps, lr=self.lr,
-                                    support_ignore=support_ignore)
+                                    support_ignore=support_ignore, views=self.views,
+                                    leave_one_out=self.leave_one_out)
 
 
 def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0.5,
