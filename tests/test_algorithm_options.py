@@ -23,6 +23,9 @@ SAMPLES = {
     "stochastic_pattern": {"stochastic_pattern": r"^2\."}, "kl_weight": {"kl_weight": 0.01},
     "init_log_sigma": {"init_log_sigma": -3.0}, "noise_seed": {"noise_seed": 3},
     "inner_optimizer": {"inner_optimizer": "adam"}, "cache_features": {"cache_features": False},
+    "memory_slots": {"memory_slots": 3}, "batch_attention": {"batch_attention": True},
+    "modulate_pattern": {"modulate_pattern": r"^2\."}, "attention_temperature": {"attention_temperature": 0.5},
+    "modulation": {"modulation": False},
 }
 PAIRS = [(a, o) for a in ALGORITHMS.names() for o in sorted(SAMPLES)]
 
@@ -53,7 +56,9 @@ def _outcome(algorithm: str, kwargs: dict, option: str):
     assert torch.isfinite(torch.tensor(logs["loss"]))
     ep = batch.task(0)
     probs = algo.eval().adapt(ep.support_x, ep.support_y).predict(ep.query_x)
-    return [(n, p.shape) for n, p in algo.named_parameters()], [p.grad for p in model.parameters()], probs
+    # every meta-parameter's gradient: task-attention starts at MAML's (identity modulation), so its attention
+    # options first show in the gradient of the modulation network, not of the model
+    return [(n, p.shape) for n, p in algo.named_parameters()], [p.grad for p in algo.parameters()], probs
 
 
 def _same_training(a, b) -> bool:
