@@ -160,7 +160,7 @@ def test_the_modulation_depends_on_the_support_set_not_its_order_and_skips_ignor
     for layer, (gamma, beta) in base.items():
         assert torch.allclose(gamma, permuted[layer][0], atol=1e-6) and torch.allclose(beta, permuted[layer][1],
                                                                                       atol=1e-6)
-    assert max(float((base[n][0] - other[n][0]).abs().max()) for n in base) > 1e-3
+    assert max(float((base[n][0] - other[n][0]).detach().abs().max()) for n in base) > 1e-3
     assert torch.allclose(algo.attention(sx, sy, si), algo.attention(sx[perm], sy[perm], si[perm]), atol=1e-6)
     assert not torch.allclose(algo.attention(sx, sy, si), algo.attention(batch.support_x[1], batch.support_y[1]))
     # the label of an ignored pixel plays no part; the label of a counted one does
