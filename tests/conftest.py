@@ -30,6 +30,22 @@ def random_batch(T=2, S=3, Q=2, size=16, dtype=torch.float32, seed=0, ignore=Fal
     return fewseg.MetaBatch(sx, sy, qx, qy, si, qi)
 
 
+def ctrl_c_during(monkeypatch, algo, call: int) -> dict:
+    """Make ``algo.meta_backward`` raise KeyboardInterrupt at its ``call``-th call (Ctrl-C mid-iteration);
+    returns the call counter. Each call checks that the trainer passes the outer iteration in."""
+    original, calls = algo.meta_backward, {"n": 0}
+
+    def flaky(batch, *, iteration, **kw):
+        calls["n"] += 1
+        assert iteration == calls["n"] - 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(batch, iteration=iteration, **kw)
+
+    monkeypatch.setattr(algo, "meta_backward", flaky)
+    return calls
+
+
 def tiny_config(seed: int, image_size: int = 16, model: dict | None = None, train: dict | None = None,
                 eval: dict | None = None) -> dict:
     """A run that trains in about a second: synthetic data, a tiny network, MAML with one inner step."""

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_batch, tiny_config, tiny_eval
+from conftest import ctrl_c_during, random_batch, tiny_config, tiny_eval
 from torch.func import functional_call
 
 import fewseg
@@ -261,15 +261,7 @@ def test_save_load_reproduces_the_weights_and_the_adaptation_exactly(trained):
 def test_interrupt_then_resume_reaches_the_same_weights(trained, tmp_path, monkeypatch):
     _, straight = trained
     interrupted = Trainer(tiny_run_config(tmp_path), progress=False)
-    original, calls = interrupted.algo.meta_backward, {"n": 0}
-
-    def flaky(batch, *, iteration, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:  # Ctrl-C in the middle of iteration 4
-            raise KeyboardInterrupt
-        return original(batch, iteration=iteration, **kw)
-
-    monkeypatch.setattr(interrupted.algo, "meta_backward", flaky)
+    ctrl_c_during(monkeypatch, interrupted.algo, 4)  # Ctrl-C in the middle of iteration 4
     with pytest.raises(TrainingError, match="interrupted at iteration 3"):
         interrupted.fit()
     resumed = resume_trainer(tmp_path, progress=False)

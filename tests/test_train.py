@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import ctrl_c_during
 
 from fewseg.cli import main
 from fewseg.config import config_from_dict, load_config
@@ -68,17 +69,7 @@ def test_interrupt_then_resume_reaches_the_same_weights(tmp_path, monkeypatch, a
     straight.fit()
 
     interrupted = Trainer(tiny(tmp_path / "b", *extra), progress=False)
-    calls = {"n": 0}
-    original = interrupted.algo.meta_backward
-
-    def flaky(batch, *, iteration, **kw):
-        calls["n"] += 1
-        assert iteration == calls["n"] - 1  # the trainer passes the outer iteration in
-        if calls["n"] == 5:  # Ctrl-C in the middle of iteration 5
-            raise KeyboardInterrupt
-        return original(batch, iteration=iteration, **kw)
-
-    monkeypatch.setattr(interrupted.algo, "meta_backward", flaky)
+    ctrl_c_during(monkeypatch, interrupted.algo, 5)  # Ctrl-C in the middle of iteration 5
     with pytest.raises(TrainingError, match="interrupted at iteration 4"):
         interrupted.fit()
     resumed = resume_trainer(tmp_path / "b", progress=False)
