@@ -80,11 +80,19 @@ class AdaptationPlan:
                    bool(d.get("leave_one_out", False)), chosen=dict(d.get("chosen", {})))
 
 
+def nearest_shots(stored, shots: int) -> int:
+    """The stored shot count nearest ``shots`` (ties: the smaller): what a support set of another size uses."""
+    return min(stored, key=lambda s: (abs(s - shots), s))
+
+
 def plan_for_shots(plans: dict[int, AdaptationPlan], shots: int, default: AdaptationPlan) -> AdaptationPlan:
-    """The plan stored for ``shots``, else the nearest stored shot count (ties: the smaller), else ``default``."""
-    if not plans:
-        return default
-    return plans[min(plans, key=lambda s: (abs(s - shots), s))]
+    """The plan stored for ``shots``, else the nearest stored shot count, else ``default``."""
+    return plans[nearest_shots(plans, shots)] if plans else default
+
+
+def describe_plans(algo, shots_list) -> str:
+    """``"1-shot <plan>; 5-shot <plan>"``: the plans ``algo`` follows for these shot counts."""
+    return "; ".join(f"{s}-shot {algo.plan_for(s).describe()}" for s in shots_list)
 
 
 def plans_to_dict(plans: dict[int, AdaptationPlan]) -> dict:

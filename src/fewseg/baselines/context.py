@@ -116,15 +116,14 @@ class BaselineContext:
     run_dir: Path | None
     device: Any
     log: Callable[[str], None] = print
+    shots: tuple[int, ...] = ()   # with ``per_shot``: the shot counts whose schedules are chosen
+    per_shot: bool = False        # True: steps and rate chosen per shot count (``eval.tune``); else ``steps``
     _shared: dict = field(default_factory=dict, repr=False)
 
     def _once(self, key: str, build: Callable[[], Any]) -> Any:
         if key not in self._shared:
             self._shared[key] = build()
         return self._shared[key]
-
-    shots: tuple[int, ...] = ()   # with ``per_shot``: the shot counts whose schedules are chosen
-    per_shot: bool = False        # True: steps and rate chosen per shot count (``eval.tune``); else ``steps``
 
     def val_episodes(self, shots: int | None = None) -> list[Episode]:
         """The fixed validation episodes of ``shots`` (default ``train.shots``) on which fine-tuning schedules are

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fewseg.algorithms.test_time import nearest_shots
 from fewseg.losses import get_loss
 
 
@@ -66,5 +67,5 @@ class PerShotLearner:
     learners: dict[int, object]
 
     def adapt(self, support_x, support_y, support_ignore=None):
-        shots = min(self.learners, key=lambda s: (abs(s - support_x.shape[0]), s))
+        shots = nearest_shots(self.learners, support_x.shape[0])
         return self.learners[shots].adapt(support_x, support_y, support_ignore=support_ignore)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fewseg.algorithms.base import MetaAlgorithm
+from fewseg.algorithms.test_time import describe_plans
 from fewseg.baselines import BaselineContext, Method, check_baselines
 from fewseg.config import Config
 from fewseg.data.base import SegmentationDataset
@@ -37,8 +38,8 @@ def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int | None, baselines
     ctx = BaselineContext(cfg, algo, steps, train_set, val_set, run_dir, device, log, shots=tuple(shots),
                           per_shot=per_shot)
     if per_shot:
-        plans = "; ".join(f"{s}-shot {algo.plan_for(s).describe()}" for s in shots)
-        methods = [Method(cfg.algorithm.name, f"meta-learned init, chosen on val: {plans}", MetaLearner(algo))]
+        methods = [Method(cfg.algorithm.name, f"meta-learned init, chosen on val: {describe_plans(algo, shots)}",
+                          MetaLearner(algo))]
     else:
         methods = [Method(cfg.algorithm.name, f"{steps} steps (meta-learned init)", MetaLearner(algo, steps=steps))]
     for name in names:

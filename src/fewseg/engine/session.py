@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from fewseg.algorithms.test_time import describe_plans
 from fewseg.baselines import check_baselines
 from fewseg.config import DataConfig, config_from_dict
 from fewseg.engine.builders import build_all, build_dataset, model_channels
@@ -109,8 +110,7 @@ def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, data
     methods = build_methods(cfg, algo, steps, baselines, train_set, val_set, run_dir_of(ckpt_dir), device, log,
                             shots=shots)
     if steps is None and algo.test_time:
-        log("test-time plans (chosen on validation classes): "
-            + "; ".join(f"{s}-shot {algo.plan_for(s).describe()}" for s in shots))
+        log(f"test-time plans (chosen on validation classes): {describe_plans(algo, shots)}")
     if cached and group.is_main:
         group.barrier()
     results = run_protocol(methods, test_set, shots, queries, episodes, seed, device, log,
@@ -121,7 +121,7 @@ def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, data
     log(f"\n{test_set.name} test classes: {len(test_set.class_ids())}, episodes per shot count: {episodes}, "
         f"{queries} queries, seed {seed}, scored at {scored_at}\n{table}")
     record = {"checkpoint": str(ckpt_dir), "dataset": test_set.describe(), "episodes": episodes, "queries": queries,
-              "seed": seed, "steps": steps if steps is not None or algo.test_time else algo.eval_steps,
+              "seed": seed, "steps": algo.eval_steps if steps is None and not algo.test_time else steps,
               "test_time": {str(s): algo.plan_for(s).to_dict() for s in shots} if steps is None else None,
               "threshold": cfg.eval.threshold, "scored_at": scored_at,
               "results": {str(k): v for k, v in results.items()}, "table": table,
