@@ -185,3 +185,27 @@ def test_floats_as_users_write_them_are_accepted(tmp_path, capsys):
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["train"]["outer_lr"] == 1e-3 and shown["algorithm"]["inner_lr"] == 0.05
     assert shown["train"]["grad_clip"] == 10.0
+
+
+def test_a_sigterm_during_an_errors_way_out_keeps_the_error(monkeypatch, capsys):
+    """torchrun stops the other ranks with SIGTERM once one dies: a survivor whose collective already failed must
+    still say why (the error), not just "terminated"."""
+    import fewseg.cli as cli
+    from fewseg.errors import Terminated, TrainingError
+
+    def failing_train(args):
+        try:
+            raise TrainingError("lost contact with another rank during all_reduce (peer closed)")
+        finally:  # the SIGTERM handler runs while the error unwinds (closing the log, restoring handlers)
+            raise Terminated("received signal 15 (SIGTERM)")
+
+    monkeypatch.setattr(cli, "cmd_train", failing_train)
+    rc, err = run_cli(["train", "--config", "synthetic_maml"], capsys)
+    assert rc == 2 and err == "fewseg: lost contact with another rank during all_reduce (peer closed)\n"
+
+    def terminated_train(args):
+        raise Terminated("received signal 15 (SIGTERM)")
+
+    monkeypatch.setattr(cli, "cmd_train", terminated_train)
+    rc, err = run_cli(["train", "--config", "synthetic_maml"], capsys)
+    assert rc == 143 and err == "fewseg: terminated (SIGTERM)\n"

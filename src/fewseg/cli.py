@@ -258,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error_being_raised(exc: BaseException) -> FewsegError | None:
+    """The fewseg error that was on its way out when ``exc`` interrupted its handling, if any."""
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, FewsegError):
+            return seen
+        seen = seen.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done (also after SIGTERM once training saved its state), 2 a bad input or
     configuration (one line on stderr, never a traceback), 130 Ctrl-C, 143 SIGTERM outside training, 1 an
@@ -277,7 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     except FewsegError as exc:
         print(f"fewseg: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except Terminated:
+    except Terminated as exc:
+        error = _error_being_raised(exc)
+        if error is not None:  # the error came first (a lost rank, then torchrun's SIGTERM): report the error
+            print(f"fewseg: {error}", file=sys.stderr)
+            if isinstance(error, Interrupted):
+                return 0 if error.signal_name == "SIGTERM" else EXIT_INTERRUPTED
+            return EXIT_ERROR
         print("fewseg: terminated (SIGTERM)", file=sys.stderr)
         return EXIT_TERMINATED
     except KeyboardInterrupt:
