@@ -20,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import ClassVar
@@ -30,7 +31,7 @@ from torch import nn
 from fewseg.algorithms.adapted import Adapted
 from fewseg.algorithms.execution import accumulate_meta_gradient, whole_graph_loss
 from fewseg.algorithms.inner_loop import Params, inner_loop, make_forward
-from fewseg.algorithms.norms import check_norm_layers, has_batchnorm
+from fewseg.algorithms.norms import batchnorm_policy_of, check_norm_layers
 from fewseg.algorithms.options import CORE_OPTIONS, check_core_values, resolve_options
 from fewseg.algorithms.test_time import (
     AdaptationPlan,
@@ -44,6 +45,7 @@ from fewseg.data.episode import Episode, MetaBatch, check_images, check_masks, c
 from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.losses import get_loss
 from fewseg.models import input_channels
+from fewseg.models.encoded import EncodeOnly, expand_groups
 
 
 def param_key(name: str) -> str:
@@ -67,7 +69,7 @@ class MetaAlgorithm(nn.Module):
         o = resolve_options(self.name, self.OPTIONS, self.FIXED, options)
         check_core_values(o)
         check_norm_layers(model, o["batchnorm"])
-        if o["checkpoint_images"] and has_batchnorm(model):
+        if o["checkpoint_images"] and batchnorm_policy_of(model) in ("batch-stats", "mixed"):
             raise ValueError("checkpoint_images needs per-image logits: BatchNorm with batch statistics mixes the "
                              "images of a batch (use GroupNorm, or checkpoint_images: 0)")
         self.model = model
@@ -79,13 +81,15 @@ class MetaAlgorithm(nn.Module):
         self.inner_checkpoint, self.checkpoint_images = bool(o["inner_checkpoint"]), int(o["checkpoint_images"])
         self.weighting = TaskWeighting(o["task_weighting"], float(o["weight_temperature"]), bool(o["weight_grad"]),
                                        float(o["frequency_power"]), dict(class_counts or {}))
-        names = [n for n, _ in model.named_parameters()]
+        names = [n for n, p in model.named_parameters() if p.requires_grad]  # frozen ones never adapt
         self.adapt_names = names
         if o["adapt_pattern"]:
-            self.adapt_names = [n for n in names if re.search(o["adapt_pattern"], n)]
+            pattern = expand_groups(o["adapt_pattern"], model)  # "@decoder|@stage4" -> the model's regexes
+            self.adapt_names = [n for n in names if re.search(pattern, n)]
             if not self.adapt_names:
-                raise ValueError(f"adapt_pattern {o['adapt_pattern']!r} matches no parameter of the model "
-                                 f"(names: {', '.join(names[:6])} ...)")
+                raise ValueError(f"adapt_pattern {o['adapt_pattern']!r} matches no trainable parameter of the "
+                                 f"model (names: {', '.join(names[:6])} ...)")
+        self.cache_encoder = True  # encoder features once per task when the inner loop leaves the encoder alone
 
     # --- hooks: each member of the family overrides one or two ------------------------------------
     def lr_for(self, step: int, name: str) -> float | torch.Tensor:
@@ -121,8 +125,26 @@ class MetaAlgorithm(nn.Module):
         """A term added once per meta-batch to the outer loss (MR-MAML's KL), or None."""
         return None
 
+    def encoder_is_fixed(self) -> bool:
+        """Whether the model's encoder features stay the same through the inner loop: the model splits into
+        encoder and decoder (``encoder_prefix``, ``fewseg.models.encoded``) and no parameter of the encoder adapts
+        (nor is replaced per step). Then ``inputs_for`` computes them once per task (as ANIL does for its body)."""
+        prefix = getattr(self.model, "encoder_prefix", None)
+        if not (prefix and self.cache_encoder):
+            return False
+        moving = set(self.adapt_names) | set(self.step_params(0))
+        return not any(n.startswith(prefix) for n in moving)
+
+    def inputs_for(self, forward, params: Params, x: torch.Tensor):
+        """Images x [N,C,H,W] as the inner loop feeds them to ``forward``: the encoder features of x (computed with
+        ``params``, so the meta-gradient still reaches a meta-learned encoder) when ``encoder_is_fixed()``, else x."""
+        return forward(params, EncodeOnly(x)) if self.encoder_is_fixed() else x
+
     def task_loss(self, forward, params: Params, ep: Episode, iteration: int, functional_grad: bool) -> torch.Tensor:
         """One task's outer loss, differentiable w.r.t. the meta-parameters (``functional_grad`` under vmap)."""
+        if self.encoder_is_fixed():  # the same numbers, the encoder run once per image instead of once per step
+            ep = dataclasses.replace(ep, support_x=self.inputs_for(forward, params, ep.support_x),
+                                     query_x=self.inputs_for(forward, params, ep.query_x))
         trajectory = inner_loop(forward, params, self.adapt_names, ep.support_x, ep.support_y, ep.support_ignore,
                                 self.inner_steps, self.lr_for, self.loss_fn,
                                 create_graph=self.use_second_order(iteration), functional_grad=functional_grad,
@@ -170,7 +192,9 @@ class MetaAlgorithm(nn.Module):
                      for k in range(steps + 1)}
         seen = None if on_step is None else (
             lambda k, p: on_step(k, Adapted(forward, {n: v.detach() for n, v in {**p, **fixed[k]}.items()})))
-        trajectory = inner_loop(forward, params, self.adapt_names, support_x, support_y, support_ignore, steps,
+        with torch.no_grad():
+            inputs = self.inputs_for(forward, params, support_x)
+        trajectory = inner_loop(forward, params, self.adapt_names, inputs, support_y, support_ignore, steps,
                                 lambda k, n: rates[(k, n)], self.loss_fn, create_graph=False, keep_graph=False,
                                 proximal=self.proximal, step_params=fixed.__getitem__, on_step=seen)
         final = {n: p.detach() for n, p in {**trajectory[-1], **fixed[steps]}.items()}

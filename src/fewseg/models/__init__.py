@@ -21,3 +21,7 @@ def input_channels(model) -> int | None:
         return declared
     conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
     return None if conv is None else conv.in_channels
+
+
+# last: timm_unet uses fewseg.algorithms.norms, whose package imports input_channels from here
+from fewseg.models import timm_unet as _timm_unet  # noqa: E402,F401  (registers timm-unet; imports timm lazily)
