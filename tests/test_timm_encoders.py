@@ -272,3 +272,21 @@ def test_train_evaluate_adapt_with_a_timm_encoder(tmp_path, capsys):
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 2
     loaded = fewseg.load(str(run))
     assert type(loaded.algorithm.model).__name__ == "TimmUNet"
+
+
+def test_reptile_with_a_fixed_encoder_runs_it_once_per_task_and_gets_the_same_update():
+    model = _tiny(batchnorm="group-norm").double()
+    batch = random_batch(T=2, S=2, Q=2, size=32, dtype=torch.float64)
+    calls = []
+    model.encoder.register_forward_hook(lambda m, i, o: calls.append(1))
+    algo = fewseg.create_algorithm("reptile", model, inner_steps=3, inner_lr=0.3, adapt_pattern="@decoder|@head")
+    algo.meta_backward(batch, iteration=0)
+    decoder = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    cached, n_cached = [p.grad.clone() for p in decoder], len(calls)
+    algo.zero_grad()
+    calls.clear()
+    algo.cache_encoder = False
+    algo.meta_backward(batch, iteration=0)
+    assert n_cached == 2 and len(calls) == 2 * (3 + 1)  # one pass per task (support and query together)
+    assert_close_rel(cached, [p.grad for p in decoder], rtol=1e-12)
+    assert all(p.grad is None for p in model.encoder.parameters())

@@ -45,7 +45,7 @@ from fewseg.data.episode import Episode, MetaBatch, check_images, check_masks, c
 from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.losses import get_loss
 from fewseg.models import input_channels
-from fewseg.models.encoded import EncodeOnly, expand_groups
+from fewseg.models.encoded import EncodeOnly, EncoderFeatures, expand_groups
 
 
 def param_key(name: str) -> str:
@@ -138,7 +138,9 @@ class MetaAlgorithm(nn.Module):
     def inputs_for(self, forward, params: Params, x: torch.Tensor):
         """Images x [N,C,H,W] as the inner loop feeds them to ``forward``: the encoder features of x (computed with
         ``params``, so the meta-gradient still reaches a meta-learned encoder) when ``encoder_is_fixed()``, else x."""
-        return forward(params, EncodeOnly(x)) if self.encoder_is_fixed() else x
+        if isinstance(x, EncoderFeatures) or not self.encoder_is_fixed():
+            return x
+        return forward(params, EncodeOnly(x))
 
     def task_loss(self, forward, params: Params, ep: Episode, iteration: int, functional_grad: bool) -> torch.Tensor:
         """One task's outer loss, differentiable w.r.t. the meta-parameters (``functional_grad`` under vmap)."""

@@ -37,7 +37,10 @@ class Reptile(MetaAlgorithm):
         self.inner_optimizer = inner_optimizer
 
     def _steps(self, params, forward, x, y, ign, steps: int, lr_for, on_step=None) -> dict:
-        """``steps`` steps of the inner optimiser from ``params`` (no graph); the adapted weights."""
+        """``steps`` steps of the inner optimiser from ``params`` (no graph); the adapted weights. Encoder features
+        are computed once when the encoder does not adapt (``encoder_is_fixed``; Reptile then never moves it)."""
+        with torch.no_grad():
+            x = self.inputs_for(forward, params, x)
         if self.inner_optimizer == "sgd":
             return inner_loop(forward, params, self.adapt_names, x, y, ign, steps, lr_for, self.loss_fn,
                               create_graph=False, keep_graph=False, on_step=on_step)[-1]
@@ -61,6 +64,8 @@ class Reptile(MetaAlgorithm):
             x = torch.cat([ep.support_x, ep.query_x])
             y = torch.cat([ep.support_y, ep.query_y])
             ign = None if ep.support_ignore is None else torch.cat([ep.support_ignore, ep.query_ignore])
+            with torch.no_grad():
+                x = self.inputs_for(forward, params, x)  # encoder features, once, when the encoder stays fixed
             phi = self._steps(params, forward, x, y, ign, self.inner_steps, self.lr_for)
             with torch.no_grad():
                 losses[i] = float(self.loss_fn(forward(phi, x), y, ign))
