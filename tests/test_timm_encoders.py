@@ -188,13 +188,13 @@ def unrolled_reference(model, batch, steps, lr, adapt):
     return total.detach(), torch.autograd.grad(total, [theta[n] for n in names])
 
 
-@pytest.mark.parametrize("pattern", [None, "@stage4|@decoder|@head"])
-def test_meta_gradient_through_a_timm_encoder_matches_the_unrolled_reference(tmp_path, pattern):
+@pytest.mark.parametrize("pattern,strategy", [(None, "loop"), (None, "vmap"), ("@stage4|@decoder|@head", "loop")])
+def test_meta_gradient_through_a_timm_encoder_matches_the_unrolled_reference(tmp_path, pattern, strategy):
     path, _ = timm_weights(tmp_path)
     model = _tiny(str(path)).double()  # frozen-stats with non-trivial running statistics
     batch = random_batch(T=2, S=2, Q=2, size=32, dtype=torch.float64)
     algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.3, adapt_pattern=pattern,
-                                   strategy="loop")
+                                   strategy=strategy)
     assert not algo.encoder_is_fixed()  # all, or stage 4 of the encoder, adapt
     ref_loss, ref_grads = unrolled_reference(model, batch, 2, 0.3, algo.adapt_names)
     logs = algo.meta_backward(batch, iteration=0)

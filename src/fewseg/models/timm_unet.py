@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewseg.algorithms.norms import apply_batchnorm_policy, groups_for
+from fewseg.algorithms.norms import apply_batchnorm_policy, batchnorm_layers, groups_for
 from fewseg.models.encoded import EncodeOnly, EncoderFeatures
 from fewseg.registry import MODELS
 
@@ -127,7 +127,8 @@ class TimmUNet(nn.Module):
         if batchnorm not in ("auto", "frozen-stats", "batch-stats", "group-norm"):
             raise ValueError(f"timm-unet: batchnorm must be auto, frozen-stats, batch-stats or group-norm, "
                              f"got {batchnorm!r}")
-        self.batchnorm = apply_batchnorm_policy(self.encoder, policy) and policy
+        apply_batchnorm_policy(self.encoder, policy)
+        self.batchnorm = policy if batchnorm_layers(self.encoder) else "none"  # convnext: LayerNorm only
         self.freeze_encoder = bool(freeze_encoder)
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
