@@ -126,7 +126,7 @@ def main() -> None:
         for encoder in ["unet", *args.encoders]:
             for mode in (["adapted"] if encoder == "unet" else args.modes):
                 cmd = [sys.executable, __file__, *common, f"--encoder={encoder}", f"--mode={mode}", f"--size={size}"]
-                out = subprocess.run(cmd, capture_output=True, text=True)
+                out = subprocess.run(cmd, check=False, capture_output=True, text=True)
                 if out.returncode:
                     print(f"| {size} | {encoder} | {mode} | failed: {out.stderr.strip().splitlines()[-1]} |")
                     continue

@@ -190,7 +190,7 @@ def test_floats_as_users_write_them_are_accepted(tmp_path, capsys):
 def test_a_sigterm_during_an_errors_way_out_keeps_the_error(monkeypatch, capsys):
     """torchrun stops the other ranks with SIGTERM once one dies: a survivor whose collective already failed must
     still say why (the error), not just "terminated"."""
-    import fewseg.cli as cli
+    from fewseg import cli
     from fewseg.errors import Terminated, TrainingError
 
     def failing_train(args):

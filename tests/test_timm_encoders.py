@@ -27,10 +27,11 @@ except ImportError as exc:  # no timm, or a torchvision built for another torch
         raise
     pytest.skip(f"timm is not importable ({exc}): pip install 'fewseg[timm]'", allow_module_level=True)
 
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import save_file
 
-from fewseg.algorithms.norms import batchnorm_layers, batchnorm_policy_of  # noqa: E402
-from fewseg.cli import main  # noqa: E402
+from fewseg.algorithms.norms import batchnorm_layers, batchnorm_policy_of
+from fewseg.cli import main
+from fewseg.errors import WeightsError
 
 ENCODER = "test_resnet"  # timm's tiny test network (0.4 M parameters, BatchNorm, 5 feature stages)
 
@@ -84,7 +85,7 @@ class Payload:  # a pickled object: torch.load(weights_only=True) must refuse it
 
 
 def test_weights_files_that_do_not_fit_or_are_unsafe_get_one_line_errors(tmp_path, capfd):
-    with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist"):
+    with pytest.raises(WeightsError, match="missing.safetensors does not exist"):
         fewseg.create_model("timm-unet", encoder=ENCODER, pretrained=str(tmp_path / "missing.safetensors"))
     other, _ = timm_weights(tmp_path, name="test_efficientnet")
     with pytest.raises(ValueError, match="do not fit timm encoder 'test_resnet'") as err:
@@ -106,8 +107,8 @@ def test_pretrained_true_offline_says_to_pass_a_file(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1",
            "TORCH_HOME": str(tmp_path / "torch")}
     code = ("import fewseg\ntry:\n    fewseg.create_model('timm-unet', encoder='resnet18', pretrained=True)\n"
-            "except RuntimeError as e:\n    print('ERR', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+            "except Exception as e:\n    print('ERR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=120).stdout
     line = next(s for s in out.splitlines() if s.startswith("ERR"))
     assert "could not load pretrained weights for 'resnet18'" in line and "pretrained=path/to/weights" in line
 
@@ -252,6 +253,10 @@ TIMM_TINY = ["model.name=timm-unet", f"model.options={{encoder: {ENCODER}, decod
 
 def test_train_evaluate_adapt_with_a_timm_encoder(tmp_path, capsys):
     run = tmp_path / "run"
+    assert main(["train", "--config", "synthetic_maml", f"output={run}", *TIMM_TINY,
+                 f"model.options.pretrained={tmp_path / 'none.safetensors'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none.safetensors does not exist" in err
     assert main(["train", "--config", "synthetic_maml", f"output={run}", *TIMM_TINY]) == 0
     assert main(["evaluate", "--checkpoint", str(run), "--shots", "1", "--episodes", "2",
                  "--baselines", "zero-shot", "--output", str(tmp_path / "e.json")]) == 0

@@ -17,6 +17,14 @@ class CheckpointError(FewsegError, ValueError):
     """A missing, corrupt or incompatible checkpoint."""
 
 
+class WeightsError(FewsegError, ValueError):
+    """Pretrained weights that cannot be found, read safely, downloaded or fitted to the model."""
+
+
+class MissingDependency(FewsegError, ImportError):
+    """An optional dependency (a fewseg extra, e.g. ``fewseg[timm]``) is not installed or does not import."""
+
+
 class TrainingError(FewsegError, RuntimeError):
     """Training cannot continue (e.g. a NaN or exploding meta-loss)."""
 

@@ -24,4 +24,4 @@ def input_channels(model) -> int | None:
 
 
 # last: timm_unet uses fewseg.algorithms.norms, whose package imports input_channels from here
-from fewseg.models import timm_unet as _timm_unet  # noqa: E402,F401  (registers timm-unet; imports timm lazily)
+from fewseg.models import timm_unet as _timm_unet  # noqa: F401  (registers timm-unet; imports timm lazily)

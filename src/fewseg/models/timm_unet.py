@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewseg.algorithms.norms import apply_batchnorm_policy, batchnorm_layers, groups_for
+from fewseg.errors import MissingDependency, WeightsError
 from fewseg.models.encoded import EncodeOnly, EncoderFeatures
 from fewseg.registry import MODELS
 
@@ -56,7 +57,7 @@ def import_timm():
     try:
         import timm
     except ImportError as exc:  # timm absent, or torchvision built for another torch
-        raise ImportError(f"{TIMM_MISSING} ({exc})") from None
+        raise MissingDependency(f"{TIMM_MISSING} ({exc})") from None
     return timm
 
 
@@ -65,24 +66,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     .pth/.pt/.bin (a checkpoint dict holding "state_dict" or "model" is unwrapped). One-line errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file {path} does not exist")
+        raise WeightsError(f"pretrained weights file {path} does not exist")
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"pretrained weights file {path}: expected {', '.join(WEIGHT_SUFFIXES)}")
+        raise WeightsError(f"pretrained weights file {path}: expected {', '.join(WEIGHT_SUFFIXES)}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickled code refused by weights_only, ...
-        raise ValueError(f"pretrained weights file {path} could not be read safely: "
+    except Exception as exc:  # noqa: BLE001  (corrupt file, pickled code refused by weights_only, ...)
+        raise WeightsError(f"pretrained weights file {path} could not be read safely: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"pretrained weights file {path} holds no state dict of tensors")
+        raise WeightsError(f"pretrained weights file {path} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -106,8 +107,8 @@ class TimmUNet(nn.Module):
         timm = import_timm()
         if not isinstance(decoder_width, int) or decoder_width < 1:
             raise ValueError(f"timm-unet: decoder_width must be an integer >= 1, got {decoder_width!r}")
-        if not (isinstance(pretrained, bool) or isinstance(pretrained, (str, Path))):
-            raise ValueError(f"timm-unet: pretrained must be true, false or a weights file, got {pretrained!r}")
+        if not isinstance(pretrained, (bool, str, Path)):
+            raise TypeError(f"timm-unet: pretrained must be true, false or a weights file, got {pretrained!r}")
         if encoder not in timm.list_models():
             raise ValueError(f"timm-unet: unknown timm encoder {encoder!r} (timm.list_models() lists them)")
         self.in_channels, self.encoder_name = in_channels, encoder
@@ -134,14 +135,14 @@ class TimmUNet(nn.Module):
             self.encoder.requires_grad_(False)
 
     def _create_encoder(self, timm, encoder: str, pretrained, in_channels: int) -> nn.Module:
-        kwargs = dict(features_only=True, in_chans=in_channels)
+        kwargs = {"features_only": True, "in_chans": in_channels}
         if not pretrained:
             return timm.create_model(encoder, pretrained=False, **kwargs)
         if pretrained is True:
             try:
                 return timm.create_model(encoder, pretrained=True, **kwargs)
-            except Exception as exc:  # offline, no cache, no weights for this name
-                raise RuntimeError(f"timm-unet: timm could not load pretrained weights for {encoder!r} "
+            except Exception as exc:  # noqa: BLE001  (offline, no cache, no weights for this name)
+                raise WeightsError(f"timm-unet: timm could not load pretrained weights for {encoder!r} "
                                    f"({_first_line(exc)}); offline, pass pretrained=path/to/weights.safetensors"
                                    ) from None
         state = read_state_dict(pretrained)
@@ -149,7 +150,7 @@ class TimmUNet(nn.Module):
             return timm.create_model(encoder, pretrained=True, pretrained_cfg_overlay={"state_dict": state},
                                      **kwargs)
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise ValueError(f"pretrained weights file {pretrained} do not fit timm encoder {encoder!r}: "
+            raise WeightsError(f"pretrained weights file {pretrained} do not fit timm encoder {encoder!r}: "
                              f"{_first_line(exc, 2)} (expected the state dict of timm.create_model({encoder!r}))"
                              ) from None
 
