@@ -58,7 +58,8 @@ class MetaLearner:
 def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0.5,
              device: torch.device | str = "cpu",
              on_episode: Callable[[int, Episode, torch.Tensor], None] | None = None,
-             full_resolution: FullResolution | None = None, group: ProcessGroup = SINGLE) -> dict:
+             full_resolution: FullResolution | None = None, group: ProcessGroup = SINGLE,
+             domain_of: Callable[[int], str] | None = None) -> dict:
     """Adapt on each episode's support set, predict its queries, accumulate per-class stats -> summary.
 
     full_resolution(key, class_id) -> (mask [1,1,H,W], ignore [1,1,H,W], box) | None: when given (real
@@ -67,6 +68,8 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0
     group: with several ranks each scores its block of episodes (``on_episode`` sees only those); the episodes'
     intersection/union sums are gathered and added up in episode order, so every rank returns the summary one
     process would.
+    domain_of(class_id) -> domain name: when given (a mixture of domains), the summary also holds
+    ``per_domain``: {domain: the same summary over that domain's episodes only}.
     """
     totals = []  # (episode index, class id, [fg_inter, fg_union, bg_inter, bg_union])
     for i in group.shard(len(episodes)):
@@ -81,10 +84,16 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0
         totals.append((i, ep.class_id, [float(torch.as_tensor(x).sum().item()) for x in stats]))
         if on_episode is not None:
             on_episode(i, ep, probs)
-    acc = IoUAccumulator()
+    acc, per_domain = IoUAccumulator(), {}
     for _, class_id, sums in sorted(t for part in group.gather_objects(totals) for t in part):
-        acc.update(class_id, BinaryStats(*[torch.tensor([v], dtype=torch.float64) for v in sums]))
-    return acc.summary()
+        stats = BinaryStats(*[torch.tensor([v], dtype=torch.float64) for v in sums])
+        acc.update(class_id, stats)
+        if domain_of is not None:
+            per_domain.setdefault(domain_of(class_id), IoUAccumulator()).update(class_id, stats)
+    summary = acc.summary()
+    if domain_of is not None:
+        summary["per_domain"] = {d: per_domain[d].summary() for d in sorted(per_domain)}
+    return summary
 
 
 FullResolution = Callable[[Hashable, int], "tuple[torch.Tensor, torch.Tensor, tuple] | None"]

@@ -20,7 +20,7 @@ from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.engine.evaluator import MetaLearner, evaluate
 from fewseg.registry import BASELINES
 
-__all__ = ["Method", "build_methods", "format_table", "run_protocol"]
+__all__ = ["Method", "build_methods", "format_domain_table", "format_table", "run_protocol"]
 
 
 def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int | None, baselines: list[str],
@@ -57,6 +57,7 @@ def run_protocol(methods: list[Method], test_set: SegmentationDataset, shots_lis
     full_resolution: score against the original label maps when the dataset offers them (real data).
     threshold: foreground probability cut (``eval.threshold``). group: ranks that share the episodes."""
     original = getattr(test_set, "full_resolution", None) if full_resolution else None
+    domain_of = _domains(test_set)
     results: dict = {}
     for shots in shots_list:
         eps = EpisodeSampler(test_set, shots, queries, seed=seed).fixed_episodes(episodes)
@@ -64,11 +65,43 @@ def run_protocol(methods: list[Method], test_set: SegmentationDataset, shots_lis
         for m in methods:
             t0 = time.perf_counter()
             summary = evaluate(m.learner, eps, threshold=threshold, device=device, full_resolution=original,
-                               group=group)
+                               group=group, domain_of=domain_of)
             summary.update(budget=m.budget, seconds=time.perf_counter() - t0)
             results[shots][m.name] = summary
             log(f"{shots}-shot {m.name}: mIoU {100 * summary['miou']:.1f} ({time.perf_counter() - t0:.0f}s)")
     return results
+
+
+def _domains(test_set: SegmentationDataset) -> Callable[[int], str] | None:
+    """class id -> domain, for a dataset that says its classes come from several domains (``domain_of(name)``,
+    e.g. ``mixture``); None otherwise."""
+    of_name = getattr(test_set, "domain_of", None)
+    if of_name is None:
+        return None
+    names = test_set.class_names
+    return lambda class_id: of_name(names[class_id])
+
+
+def format_domain_table(results: dict) -> str:
+    """A Markdown table per domain (empty string without ``per_domain``): one row per (domain, method), mIoU
+    ± 95% CI and FB-IoU per shot count."""
+    shots_list = list(results)
+    first = next(iter(results.values()))
+    methods = list(first)
+    if not methods or "per_domain" not in first[methods[0]]:
+        return ""
+    domains = list(first[methods[0]]["per_domain"])
+    head = "| domain | method | " + " | ".join(f"{s}-shot mIoU ± 95% CI | {s}-shot FB-IoU" for s in shots_list) + " |"
+    rows = [head, "|---|---|" + "---|---|" * len(shots_list)]
+    for d in domains:
+        for m in methods:
+            cells = []
+            for s in shots_list:
+                r = results[s][m]["per_domain"].get(d)
+                cells += (["-", "-"] if r is None else
+                          [f"{100 * r['miou']:.1f} ± {100 * r['miou_ci95']:.1f}", f"{100 * r['fb_iou']:.1f}"])
+            rows.append(f"| {d} | {m} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def format_table(results: dict) -> str:

@@ -12,7 +12,7 @@ from fewseg.baselines import check_baselines
 from fewseg.config import DataConfig, config_from_dict
 from fewseg.engine.builders import build_all, build_dataset, model_channels
 from fewseg.engine.checkpoint import load_checkpoint
-from fewseg.engine.protocol import build_methods, format_table, run_protocol
+from fewseg.engine.protocol import build_methods, format_domain_table, format_table, run_protocol
 from fewseg.errors import CheckpointError
 from fewseg.inputs import IMAGE_EXTS  # the image files fewseg reads (kept importable from here)
 from fewseg.registry import BASELINES
@@ -117,14 +117,17 @@ def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, data
                            full_resolution=cfg.eval.full_resolution, threshold=cfg.eval.threshold, group=group)
     scored_at = ("original label resolution" if cfg.eval.full_resolution and hasattr(test_set, "full_resolution")
                  else f"{cfg.data.image_size}x{cfg.data.image_size}")
-    table = format_table(results)
+    table, by_domain = format_table(results), format_domain_table(results)
     log(f"\n{test_set.name} test classes: {len(test_set.class_ids())}, episodes per shot count: {episodes}, "
         f"{queries} queries, seed {seed}, scored at {scored_at}\n{table}")
+    if by_domain:
+        log(f"\nper domain:\n{by_domain}")
     record = {"checkpoint": str(ckpt_dir), "dataset": test_set.describe(), "episodes": episodes, "queries": queries,
               "seed": seed, "steps": algo.eval_steps if steps is None and not algo.test_time else steps,
               "test_time": {str(s): algo.plan_for(s).to_dict() for s in shots} if steps is None else None,
               "threshold": cfg.eval.threshold, "scored_at": scored_at,
               "results": {str(k): v for k, v in results.items()}, "table": table,
+              **({"domain_table": by_domain} if by_domain else {}),
               "seconds": time.perf_counter() - t0, "world_size": group.world}
     if not group.is_main:
         return record
