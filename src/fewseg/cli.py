@@ -117,6 +117,10 @@ def cmd_tune(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from fewseg.engine.session import evaluate_checkpoint
+    if args.explain:
+        from fewseg.report.explain import explain_checkpoint
+        explain_checkpoint(args.checkpoint, shots=args.shots, episodes=args.episodes, queries=args.queries,
+                           seed=args.seed, output=args.output, device=args.device)
     evaluate_checkpoint(args.checkpoint, shots=args.shots, episodes=args.episodes, queries=args.queries,
                         steps=args.steps, seed=args.seed, baselines=args.baselines, dataset=args.dataset,
                         data_root=args.data_root, output=args.output, device=args.device)
@@ -214,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default=None, help="evaluate on another dataset (cross-dataset)")
     s.add_argument("--data-root", default=None)
     s.add_argument("--output", default=None, help="JSON results file (default: beside the checkpoint)")
+    s.add_argument("--explain", action="store_true", help="task-attention: mean attention of each test class over "
+                   "the memory slots and the training classes sharing them (explain.json, explain.png)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_evaluate)
 
