@@ -30,18 +30,11 @@ import torch
 UNET = {"depth": 4, "width": 16}
 
 
-def rss_mb() -> float:
+def proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status in MB: ``VmRSS`` (now) or ``VmHWM`` (peak so far)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -72,7 +65,7 @@ def run_one(args) -> dict:
                          ).to(args.device)
     batches = [batch() for _ in range(args.warmup + args.repeats)]
     cuda = args.device.startswith("cuda")
-    base = torch.cuda.memory_allocated() if cuda else rss_mb()
+    base = torch.cuda.memory_allocated() if cuda else proc_status_mb("VmRSS")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -87,7 +80,7 @@ def run_one(args) -> dict:
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else peak_rss_mb() - base
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else proc_status_mb("VmHWM") - base
     params = sum(p.numel() for p in model.parameters())
     return {"seconds": statistics.median(times), "peak_mb": peak, "params_m": params / 1e6,
             "cached": bool(algo.encoder_is_fixed())}
