@@ -13,9 +13,13 @@ in --output and reused, so an interrupted benchmark continues where it stopped.
     python benchmarks/heterogeneous.py                                   # 300 iterations, 104 episodes
     python benchmarks/heterogeneous.py --iterations 20 --episodes 12 --output /tmp/het_quick   # a smoke run
     python benchmarks/heterogeneous.py --only task-attention maml --baselines   # a subset, no baselines
+    python benchmarks/heterogeneous.py --step-timing 15      # seconds per meta-step only, methods interleaved
 
 Table: per domain and method, mIoU ± the per-episode 95% CI at each shot count; the mean 5-shot mIoU over the
 domains; median seconds per meta-iteration (log.jsonl, validation excluded) and its ratio to maml's.
+Training runs can share the machine with other work; ``--step-timing N`` measures the time ratio on its own: the
+methods take turns in one process on the same N meta-batches of the recipe (after one warm-up step each), so the
+machine's load falls on all of them alike; it prints the median seconds of ``meta_backward`` + optimiser step.
 """
 from __future__ import annotations
 
@@ -107,6 +111,45 @@ def table(runs: dict[str, Path], shots: list[int], baselines: Path | None = None
     return "\n".join(lines)
 
 
+def step_timing(methods: list[str], steps: int, meta_batch: int, seed: int) -> str:
+    """Median seconds per meta-step of each method, interleaved on the same meta-batches in this process."""
+    import time
+
+    import torch
+
+    from fewseg.config import load_config
+    from fewseg.data.sampler import EpisodeSampler
+    from fewseg.engine.builders import build_all, build_dataset
+
+    learners = {}
+    for name in methods:
+        cfg = load_config(RECIPE, [*METHODS[name], f"seed={seed}"])
+        algo = build_all(cfg, torch.device("cpu"))[1]
+        make = torch.optim.SGD if cfg.train.outer_optimizer == "sgd" else torch.optim.Adam
+        learners[name] = (algo, make(algo.parameters(), lr=cfg.train.outer_lr))
+    cfg = load_config(RECIPE, [f"seed={seed}"])
+    sampler = EpisodeSampler(build_dataset(cfg.data, "train", seed), cfg.train.shots, cfg.train.queries, seed=seed)
+    batches = [sampler.meta_batch(meta_batch) for _ in range(steps + 1)]
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for i, batch in enumerate(batches):
+        for name, (algo, opt) in learners.items():
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            algo.meta_backward(batch, iteration=i)
+            opt.step()
+            if i:  # the first batch warms up
+                times[name].append(time.perf_counter() - t0)
+    ref = statistics.median(times["maml"]) if "maml" in times else None
+    title = (f"{steps} meta-batches of {meta_batch} tasks ({RECIPE}), methods interleaved, "
+             f"{torch.get_num_threads()} thread(s)")
+    lines = [title, "", "| method | s / meta-step (median) | vs maml |",
+             "|---|---|---|"]
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        lines.append(f"| {name} | {t:.2f} | {f'{t / ref:.2f}x' if ref else '-'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=list(METHODS), default=list(METHODS))
@@ -119,7 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baselines", nargs="*", default=BASELINES, help="beside the first method; none: no names")
     p.add_argument("--output", default=str(ROOT / "runs" / "heterogeneous"))
+    p.add_argument("--step-timing", type=int, metavar="N", help="only time N meta-steps per method, interleaved")
     args = p.parse_args(argv)
+    if args.step_timing:
+        print(step_timing(args.only, args.step_timing, args.meta_batch, args.seed))
+        return
     runs = {name: run_method(name, args) for name in args.only}
     baselines = run_baselines(runs[args.only[0]], args) if args.baselines else None
     print(table(runs, args.shots, baselines))
