@@ -99,7 +99,7 @@ def plot_heatmap(rows: dict[str, list[float]], n_test: int, out: Path, title: st
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="mean attention weight")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # the colour bar label stays inside
     plt.close(fig)
     return out
 
