@@ -142,8 +142,7 @@ def step_timing(methods: list[str], steps: int, meta_batch: int, seed: int) -> s
     ref = statistics.median(times["maml"]) if "maml" in times else None
     title = (f"{steps} meta-batches of {meta_batch} tasks ({RECIPE}), methods interleaved, "
              f"{torch.get_num_threads()} thread(s)")
-    lines = [title, "", "| method | s / meta-step (median) | vs maml |",
-             "|---|---|---|"]
+    lines = [title, "", "| method | s / meta-step (median) | vs maml |", "|---|---|---|"]
     for name, ts in times.items():
         t = statistics.median(ts)
         lines.append(f"| {name} | {t:.2f} | {f'{t / ref:.2f}x' if ref else '-'} |")
