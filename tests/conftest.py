@@ -1,5 +1,7 @@
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 import fewseg
 
@@ -28,6 +30,24 @@ def random_batch(T=2, S=3, Q=2, size=16, dtype=torch.float32, seed=0, ignore=Fal
         si = torch.rand(T, S, 1, size, size, generator=g) > 0.8
         qi = torch.rand(T, Q, 1, size, size, generator=g) > 0.8
     return fewseg.MetaBatch(sx, sy, qx, qy, si, qi)
+
+
+def unrolled_reference(model, batch, steps, lr, adapt):
+    """Second-order MAML written out: torch.autograd.grad(create_graph=True) over the adapted names only."""
+    names = [n for n, _ in model.named_parameters()]
+    theta = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    total = 0.0
+    for t in range(batch.num_tasks):
+        phi = dict(theta)
+        for _ in range(steps):
+            logits = functional_call(model, {**phi, **buffers}, (batch.support_x[t],))
+            loss = F.binary_cross_entropy_with_logits(logits, batch.support_y[t])
+            grads = torch.autograd.grad(loss, [phi[n] for n in adapt], create_graph=True)
+            phi = {**phi, **{n: phi[n] - lr * g for n, g in zip(adapt, grads)}}
+        logits = functional_call(model, {**phi, **buffers}, (batch.query_x[t],))
+        total = total + F.binary_cross_entropy_with_logits(logits, batch.query_y[t]) / batch.num_tasks
+    return total.detach(), torch.autograd.grad(total, [theta[n] for n in names])
 
 
 def ctrl_c_during(monkeypatch, algo, call: int) -> dict:

@@ -208,13 +208,10 @@ def test_every_mask_encoding_decodes_to_the_drawn_foreground(shape, seed, encodi
 def test_unicode_and_spaces_in_paths(name):
     name = name.strip(". ") or "x"
     with scratch() as d:
-        folder = d / f"{name} dir"
-        try:
-            folder.mkdir()
-            path = folder / f"{name} .png"
-            Image.fromarray(np.eye(4, dtype=np.uint8) * 255).save(path)
-        except (OSError, ValueError):  # a name the file system refuses (too long in bytes, ...)
-            return
+        folder = d / f"{name} dir"  # at most 30 characters (no NUL, slash or surrogate): a valid name
+        folder.mkdir()
+        path = folder / f"{name} .png"
+        Image.fromarray(np.eye(4, dtype=np.uint8) * 255).save(path)
         fg, _ = read_binary_mask(path)
         assert fg.sum() == 4
         assert read_image(path).shape == (4, 4, 3) and image_size(path) == (4, 4)
@@ -226,10 +223,8 @@ def test_symlink_loops_directories_and_fifos_are_refused_in_one_line(tmp_path):
     (tmp_path / "dir.png").mkdir()
     dangling = tmp_path / "dangling.png"
     dangling.symlink_to(tmp_path / "nowhere.png")
-    paths = [loop, tmp_path / "dir.png", dangling, tmp_path / "missing.png"]
-    if hasattr(os, "mkfifo"):
-        os.mkfifo(tmp_path / "fifo.png")  # reading it would block forever
-        paths.append(tmp_path / "fifo.png")
+    os.mkfifo(tmp_path / "fifo.png")  # reading it would block forever
+    paths = [loop, tmp_path / "dir.png", dangling, tmp_path / "missing.png", tmp_path / "fifo.png"]
     for path in paths:
         for read in READERS:
             with pytest.raises(DataError) as info:
@@ -367,8 +362,8 @@ def write_label(path: Path, kind: str, rng: np.random.Generator) -> None:
 
 @FEW
 @given(labels=st.lists(label_kinds, min_size=1, max_size=6),
-       classes_txt=st.sampled_from(["0 bg\n1 a\n2 b\n3 c\n", "0 bg\n1 a\n1 again\n", "garbage line\n",
-                                    "# only a comment\n", "0 bg\n255 void\n1 a\n2 b\n", b"\xff\xfe\x00bad".hex()]),
+       classes_txt=st.sampled_from([b"0 bg\n1 a\n2 b\n3 c\n", b"0 bg\n1 a\n1 again\n", b"garbage line\n",
+                                    b"# only a comment\n", b"0 bg\n255 void\n1 a\n2 b\n", b"\xff\xfe\x00bad"]),
        fold=st.sampled_from([0, 1, "all"]), split=st.sampled_from(["train", "val", "test", "all"]),
        seed=st.integers(0, 3))
 def test_labelmap_dataset_on_random_label_maps(labels, classes_txt, fold, split, seed):
@@ -377,7 +372,7 @@ def test_labelmap_dataset_on_random_label_maps(labels, classes_txt, fold, split,
         os.environ["FEWSEG_CACHE"] = str(root / "cache")
         (root / "images").mkdir()
         (root / "labels").mkdir()
-        (root / "classes.txt").write_text(classes_txt)
+        (root / "classes.txt").write_bytes(classes_txt)
         for i, kind in enumerate(labels):
             Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(root / "images" / f"{i}.jpg")
             write_label(root / "labels" / f"{i}.png", kind, rng)
@@ -392,11 +387,8 @@ def test_labelmap_dataset_on_random_label_maps(labels, classes_txt, fold, split,
                         assert s.image.shape == (3, 16, 16) and s.mask.shape == (1, 16, 16)
                         mask, ignore, _ = ds.full_resolution(key, c)
                         assert mask.shape == ignore.shape and not (mask.bool() & ignore).any()
-        except (FewsegError, ValueError) as exc:  # ValueError: the options themselves (builders name the key)
-            if isinstance(exc, FewsegError):
-                one_line(exc)
-            else:
-                assert "fold" in str(exc) or "val_classes" in str(exc), exc
+        except FewsegError as exc:
+            one_line(exc)
         finally:
             os.environ.pop("FEWSEG_CACHE", None)
 
@@ -456,6 +448,13 @@ def test_random_config_trees(tree):
     assert cfg.to_dict()
 
 
+def setting(cfg, key: str):
+    """The value of a dotted config key, e.g. ``setting(cfg, "train.outer_lr")``."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 @FUZZ
 @given(overrides=st.lists(st.tuples(st.sampled_from(KEYS), yaml_values), max_size=4))
 def test_random_values_at_every_key(overrides):
@@ -467,9 +466,7 @@ def test_random_values_at_every_key(overrides):
         one_line(exc)
         return
     for key, _ in overrides:  # what was accepted is in range
-        value = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
+        value = setting(cfg, key)
         if isinstance(value, float):
             assert not np.isnan(value), key
 
@@ -479,8 +476,7 @@ def test_random_values_at_every_key(overrides):
 def test_random_yaml_text(text):
     with scratch() as d:
         path = d / "r.yaml"
-        path.write_text(text, encoding="utf-8", errors="surrogatepass") if False else path.write_bytes(
-            text.encode("utf-8", "surrogatepass"))
+        path.write_bytes(text.encode("utf-8", "surrogatepass"))
         try:
             load_config(path)
         except ConfigError as exc:
@@ -528,18 +524,21 @@ def test_a_key_with_an_alias_bomb_below_the_limit_prints_a_short_message(tmp_pat
     assert len(str(info.value)) < 300
 
 
-@pytest.mark.parametrize("text,key,value", [("train: {outer_lr: 1e-3}", "train.outer_lr", 1e-3),
-                                            ("algorithm: {inner_lr: 5E-2}", "algorithm.inner_lr", 0.05),
-                                            ("train: {grad_clip: 1.0e+1}", "train.grad_clip", 10.0),
-                                            ("algorithm: {options: {kl_weight: 1e-4}}", "algorithm.options", None)])
-def test_exponent_floats_read_as_floats(tmp_path, text, key, value):
+@pytest.mark.parametrize("text,key,want", [("train: {outer_lr: 1e-3}", "train.outer_lr", 1e-3),
+                                           ("algorithm: {inner_lr: 5E-2}", "algorithm.inner_lr", 0.05),
+                                           ("train: {grad_clip: 1.0e+1}", "train.grad_clip", 10.0),
+                                           ("algorithm: {options: {kl_weight: 1e-4}}", "algorithm.options",
+                                            {"kl_weight": 1e-4})])
+def test_exponent_floats_read_as_floats(tmp_path, text, key, want):
+    """YAML 1.1 reads 1e-3 as a string; a config file means the float (in an algorithm's options too)."""
     path = tmp_path / "r.yaml"
     path.write_text(text)
-    cfg = load_config(path)
-    section, name = key.split(".")
-    got = getattr(getattr(cfg, section), name)
-    if value is None:
-        assert got == {"kl_weight": 1e-4}
-    else:
-        assert got == value and isinstance(got, float)
-    assert config_from_dict({}, [f"{key}=1e-3"]) if value is not None else True
+    got = setting(load_config(path), key)
+    assert got == want
+    assert isinstance(got["kl_weight"] if isinstance(got, dict) else got, float)
+
+
+@pytest.mark.parametrize("key", ["train.outer_lr", "algorithm.inner_lr", "train.grad_clip"])
+def test_exponent_floats_read_as_floats_in_overrides(key):
+    got = setting(config_from_dict({}, [f"{key}=1e-3"]), key)
+    assert got == 1e-3 and isinstance(got, float)

@@ -1,4 +1,8 @@
 """Inner-loop checkpointing (``inner_checkpoint=True``): the same meta-gradient, one inner step's graph alive."""
+import gc
+import itertools
+from functools import partial
+
 import pytest
 import torch
 from conftest import random_batch
@@ -79,13 +83,53 @@ def assert_one_image_pieces_match_the_plain_loop(make_algo, make_model, S, Q):
     assert_close_rel(got, want, rtol=1e-9)
 
 
+def saved_tensors_during(step) -> tuple[int, int]:
+    """(most tensors autograd held for backward at any one time during ``step()``, how many it still holds after).
+
+    Each saved tensor is counted from when autograd saves it until the graph node holding it is freed. The count
+    keeps a detached alias (so the graph is freed as it would be without the count) and a small handle that
+    autograd holds in its place; the handle going away is the node freeing it.
+    """
+    held: dict[int, torch.Tensor] = {}
+    peak = 0
+    keys = itertools.count()
+
+    class Handle:
+        __slots__ = ("key",)
+
+        def __init__(self, tensor: torch.Tensor):
+            nonlocal peak
+            self.key = next(keys)
+            held[self.key] = tensor.detach()
+            peak = max(peak, len(held))
+
+        def __del__(self):
+            held.pop(self.key, None)
+
+    with torch.autograd.graph.saved_tensors_hooks(Handle, lambda handle: held[handle.key]):
+        step()
+    gc.collect()
+    return peak, len(held)
+
+
 def test_checkpointed_training_step_frees_each_inner_graph():
-    """The checkpointed path keeps no graph between steps: the meta-gradient arrives and nothing else is held."""
-    torch.manual_seed(0)
-    model = fewseg.create_model("seed-cnn")
-    algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.1, inner_checkpoint=True)
-    algo.meta_backward(random_batch(T=2, S=2, Q=2, size=16), iteration=0)
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    """With inner_checkpoint one inner step's graph is alive at a time: the most tensors saved for backward at
+    once does not grow with the inner steps (it does, step by step, when the loop is unrolled), and the meta-step
+    leaves no graph behind."""
+    batch = random_batch(T=2, S=2, Q=2, size=16)
+    peaks = {}
+    for checkpoint in (False, True):
+        for steps in (2, 4):
+            torch.manual_seed(0)
+            model = fewseg.create_model("seed-cnn")
+            algo = fewseg.create_algorithm("maml", model, inner_steps=steps, inner_lr=0.1, strategy="loop",
+                                           inner_checkpoint=checkpoint)
+            peaks[checkpoint, steps], left = saved_tensors_during(partial(algo.meta_backward, batch, iteration=0))
+            assert left == 0, (checkpoint, steps, left)
+            assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert peaks[False, 4] > peaks[False, 2], peaks  # the count sees the inner graphs the unrolled loop keeps
+    assert peaks[True, 4] <= peaks[True, 2], peaks  # checkpointed: flat in the number of inner steps
+    assert peaks[True, 4] < peaks[False, 4], peaks
 
 
 @pytest.mark.parametrize("name,kwargs,message", [

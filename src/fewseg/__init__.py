@@ -17,6 +17,7 @@ from typing import Any
 from fewseg import algorithms as _algorithms  # noqa: F401  (registers algorithms)
 from fewseg import baselines as _baselines  # noqa: F401  (registers baselines)
 from fewseg import models as _models  # noqa: F401  (registers models)
+from fewseg._version import __version__  # noqa: F401  (fewseg.__version__)
 from fewseg.algorithms.base import Adapted, MetaAlgorithm
 from fewseg.data import register_datasets as _register_datasets
 from fewseg.data.base import Record, Sample, SegmentationDataset
@@ -26,7 +27,6 @@ from fewseg.errors import CheckpointError, ConfigError, DataError, FewsegError, 
 from fewseg.registry import ALGORITHMS, BASELINES, DATASETS, MODELS
 from fewseg.segmenter import AdaptedSegmenter, Prediction, Segmenter, load, load_adapted
 
-__version__ = "0.1.0"  # the one place of the version (pyproject.toml reads it)
 _register_datasets()
 
 

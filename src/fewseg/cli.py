@@ -172,7 +172,7 @@ def _segmenting_options(s: argparse.ArgumentParser, threshold_help: str) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fewseg import __version__
+    from fewseg._version import __version__
     p = _Parser(prog="fewseg", description="Meta-learned few-shot image segmentation.")
     p.add_argument("--version", action="version", version=f"fewseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("adapt", help="adapt to a folder of labelled images and segment new images")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--checkpoint", required=True, help="a run directory, a checkpoint directory, or a ready "
+                   "learner that needs no meta-training: imagenet-lite0, imagenet-lite1, imagenet-lite2")
     s.add_argument("--support", required=True, help="folder of images with masks <stem>.png (or masks/ subfolder)")
     s.add_argument("--images", help="folder of images to segment (with --output)")
     s.add_argument("--output", help="where masks, overlays and results.json are written")
@@ -256,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="a local web page: upload or draw support masks, adapt, see overlays")
-    s.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint directory")
+    s.add_argument("--checkpoint", default="imagenet-lite0", help="a run directory, a checkpoint directory or a "
+                   "ready learner (default: imagenet-lite0, frozen ImageNet features + a linear probe; no "
+                   "meta-training needed)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=count_int, default=7860, help="0: any free port")
     s.add_argument("--device", default="cpu")

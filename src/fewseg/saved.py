@@ -8,6 +8,8 @@ those used at test time: for MAML++ with per-step norms, the final step's) and `
 
 Written atomically by :func:`~fewseg.engine.checkpoint.save_checkpoint`; read back with safetensors and JSON
 only (no pickle, no code), checking the kind, the format number, the keys and every tensor name and shape.
+:func:`read_adapted` returns the checked parts; :func:`fewseg.load_adapted` makes the
+:class:`~fewseg.segmenter.AdaptedSegmenter` of them (this module never imports the segmenter).
 
 Example:
     >>> import tempfile, torch, fewseg
@@ -23,14 +25,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
-import torch
+from safetensors.torch import load_file
+from torch import nn
 
 from fewseg.engine.checkpoint import META, WEIGHTS, save_checkpoint
 from fewseg.errors import CheckpointError
+from fewseg.preprocess import Preprocessing
+from fewseg.registry import MODELS
 
 FORMAT = 1      # bump when the layout changes; older formats stay readable
 KIND = "adapted"
+
+
+class AdaptedParts(NamedTuple):
+    """What an adapted-model directory holds, checked: the network with the adapted weights (on the CPU, frozen),
+    its preprocessing, threshold, model config ``{"name", "options"}`` and the adaptation record."""
+
+    network: nn.Module
+    preprocessing: Preprocessing
+    threshold: float
+    model: dict
+    info: dict
 
 
 def save_adapted(adapted, path: str | Path) -> Path:
@@ -66,14 +83,8 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def read_adapted(path: str | Path, device: str | torch.device = "cpu"):
-    """The :class:`~fewseg.segmenter.AdaptedSegmenter` saved at ``path``; one-line CheckpointError otherwise."""
-    from safetensors.torch import load_file
-
-    from fewseg.preprocess import Preprocessing
-    from fewseg.registry import MODELS
-    from fewseg.segmenter import AdaptedSegmenter
-
+def read_adapted(path: str | Path) -> AdaptedParts:
+    """The parts of the adapted model saved at ``path`` (:class:`AdaptedParts`); one-line CheckpointError otherwise."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"no adapted model at {path} (expected a directory with {WEIGHTS} and {META})")
@@ -110,4 +121,4 @@ def read_adapted(path: str | Path, device: str | torch.device = "cpu"):
     if not 0.0 < threshold < 1.0:
         raise CheckpointError(f"adapted model {path}: threshold {threshold} is not in (0, 1)")
     info = {**dict(meta.get("adaptation") or {}), "versions": meta.get("versions", {})}
-    return AdaptedSegmenter(network, prep, threshold, meta["model"], info, device)
+    return AdaptedParts(network, prep, threshold, meta["model"], info)

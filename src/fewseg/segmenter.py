@@ -25,6 +25,7 @@ Example (a tiny untrained model; a real one is ``fewseg.load("runs/demo")``):
 from __future__ import annotations
 
 import copy
+import json
 import time
 import warnings
 from collections.abc import Iterator
@@ -36,10 +37,15 @@ import numpy as np
 import torch
 from torch import nn
 
+import fewseg.algorithms  # noqa: F401  (registers the algorithms)
 from fewseg.errors import DataError
 from fewseg.inputs import as_image, as_list, as_mask, describe, is_batch
+from fewseg.loading import load_algorithm
 from fewseg.models import input_channels
 from fewseg.preprocess import Preprocessing
+from fewseg.ready import is_ready_name, ready_parts
+from fewseg.registry import ALGORITHMS, MODELS
+from fewseg.saved import read_adapted
 
 MAX_SHOTS = 10  # the documented range of support images (the recipes meta-train 5-shot tasks)
 
@@ -80,9 +86,8 @@ class Segmenter:
     def untrained(cls, model: str = "unet", options: dict | None = None, image_size: int = 64,
                   algorithm: str = "maml", steps: int = 5, lr: float = 0.1, resize: str = "stretch") -> Segmenter:
         """A randomly initialised model: for trying the API and for tests (its masks mean nothing)."""
-        import fewseg
-        net = fewseg.create_model(model, **(options or {}))
-        algo = fewseg.create_algorithm(algorithm, net, inner_steps=steps, inner_lr=lr)
+        net = MODELS.create(model, **(options or {}))
+        algo = ALGORITHMS.create(algorithm, net, inner_steps=steps, inner_lr=lr)
         prep = Preprocessing(image_size, resize, input_channels(net) or 3)
         return cls(algo, prep, 0.5, {"name": model, "options": dict(options or {})}, source="untrained")
 
@@ -200,10 +205,11 @@ class AdaptedSegmenter:
 
 
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Segmenter:
-    """A :class:`Segmenter` from a run directory (its best, else last checkpoint) or a checkpoint directory."""
-    import json
-
-    from fewseg.engine.session import load_algorithm
+    """A :class:`Segmenter` from a run directory (its best, else last checkpoint), a checkpoint directory, or the
+    name of a ready learner that needs no meta-training (``"imagenet-lite0"``: :mod:`fewseg.ready`)."""
+    if is_ready_name(checkpoint):
+        algo, preprocessing, model_config = ready_parts(str(checkpoint), device)
+        return Segmenter(algo, preprocessing, 0.5, model_config, source=str(checkpoint), device=device)
     cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
     meta = json.loads((Path(ckpt_dir) / "meta.json").read_text())  # the stored preprocessing (no second weight read)
     prep = meta.get("preprocessing") or {}
@@ -216,5 +222,5 @@ def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Segmente
 
 def load_adapted(path: str | Path, device: str | torch.device = "cpu") -> AdaptedSegmenter:
     """An :class:`AdaptedSegmenter` saved by :meth:`AdaptedSegmenter.save` (checked, never unpickled)."""
-    from fewseg.saved import read_adapted
-    return read_adapted(path, device)
+    parts = read_adapted(path)
+    return AdaptedSegmenter(parts.network, parts.preprocessing, parts.threshold, parts.model, parts.info, device)

@@ -31,7 +31,6 @@ from torch import nn
 from fewseg.algorithms.adapted import Adapted
 from fewseg.algorithms.execution import accumulate_meta_gradient, whole_graph_loss
 from fewseg.algorithms.inner_loop import Params, inner_loop, make_forward
-from fewseg.algorithms.norms import batchnorm_policy_of, check_norm_layers
 from fewseg.algorithms.options import CORE_OPTIONS, check_core_values, resolve_options
 from fewseg.algorithms.test_time import (
     AdaptationPlan,
@@ -46,6 +45,7 @@ from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.losses import get_loss
 from fewseg.models import input_channels
 from fewseg.models.encoded import EncodeOnly, EncoderFeatures, expand_groups
+from fewseg.models.norms import batchnorm_policy_of, check_norm_layers
 
 
 def param_key(name: str) -> str:

@@ -18,8 +18,8 @@ from torch import nn
 from fewseg.algorithms.base import MetaAlgorithm
 from fewseg.algorithms.base import param_key as _key
 from fewseg.algorithms.inner_loop import Params
-from fewseg.algorithms.norms import NORM_TYPES
 from fewseg.data.episode import Episode
+from fewseg.models.norms import NORM_TYPES
 from fewseg.registry import ALGORITHMS
 
 

@@ -24,7 +24,7 @@ CORE_OPTIONS: dict[str, object] = {
     "eval_steps": None,          # inner steps at test time (None = inner_steps)
     "adapt_pattern": None,       # regex: only matching parameters adapt (None = all)
     "proximal": 0.0,             # lambda of lambda/2 ||phi - theta||^2 in the inner loss
-    "batchnorm": "error",        # error | frozen-stats | batch-stats | group-norm (algorithms/norms.py)
+    "batchnorm": "error",        # error | frozen-stats | batch-stats | group-norm (models/norms.py)
     "task_weighting": "uniform",  # uniform | hard | class-frequency
     "weight_temperature": 1.0,   # hard weighting: softmax temperature
     "weight_grad": False,        # hard weighting: differentiate the weights too

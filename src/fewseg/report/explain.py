@@ -34,7 +34,9 @@ import torch
 
 from fewseg.data.episode import Episode
 from fewseg.data.sampler import EpisodeSampler
+from fewseg.engine.builders import build_dataset, model_channels
 from fewseg.errors import ConfigError
+from fewseg.loading import load_algorithm, run_dir_of
 
 
 def check_explainable(algo, name: str) -> None:
@@ -111,8 +113,6 @@ def explain_checkpoint(checkpoint, shots: Sequence[int] | None = None, episodes:
     """Attention of the test classes (the evaluation's episodes) and of the training classes over the memory
     slots of a task-attention checkpoint: ``explain.json`` and ``explain.png`` in ``output``'s folder (default:
     beside the run's eval.json). Returns the record; other algorithms: a one-line ConfigError."""
-    from fewseg.engine.builders import build_dataset, model_channels
-    from fewseg.engine.session import load_algorithm, run_dir_of
     cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
     check_explainable(algo, cfg.algorithm.name)
     if int(os.environ.get("RANK", "0") or 0) != 0:  # under torchrun rank 0 alone explains

