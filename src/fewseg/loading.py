@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from fewseg.config import config_from_dict
 from fewseg.engine.builders import build_all
 from fewseg.engine.checkpoint import load_checkpoint
 from fewseg.errors import CheckpointError
+from fewseg.models import weights_free_options
 
 __all__ = ["load_algorithm", "resolve_checkpoint", "run_dir_of"]
 
@@ -45,7 +47,9 @@ def load_algorithm(path: str | Path, device: torch.device | str = "cpu"):
         raise CheckpointError(f"{ckpt_dir} is not a meta-training checkpoint (kind={ckpt.meta.get('kind')!r})")
     cfg = config_from_dict(ckpt.meta["config"], stored=True)  # drops keys removed since (LEGACY_KEYS)
     cfg.device = str(device)
-    _, algo = build_all(cfg, torch.device(device))
+    stored = copy.deepcopy(cfg)  # the network is rebuilt without reading pretrained weights: the checkpoint has all
+    stored.model.options = weights_free_options(cfg.model.name, cfg.model.options)
+    _, algo = build_all(stored, torch.device(device))
     try:
         algo.load_state_dict(ckpt.tensors)
     except RuntimeError as exc:

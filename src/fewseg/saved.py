@@ -32,6 +32,7 @@ from torch import nn
 
 from fewseg.engine.checkpoint import META, WEIGHTS, save_checkpoint
 from fewseg.errors import CheckpointError
+from fewseg.models import weights_free_options
 from fewseg.preprocess import Preprocessing
 from fewseg.registry import MODELS
 
@@ -104,7 +105,7 @@ def read_adapted(path: str | Path) -> AdaptedParts:
         raise CheckpointError(f"adapted model {path} uses network {name!r}, unknown to this fewseg "
                               f"(known: {', '.join(MODELS.names())})")
     try:
-        network = MODELS.create(name, **options)
+        network = MODELS.create(name, **weights_free_options(name, options))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"adapted model {path}: cannot build {name!r} with {options}: {exc}") from None
     expected = network.state_dict()

@@ -3,7 +3,7 @@
 from fewseg.models.seed_cnn import SeedCNN
 from fewseg.models.unet import UNet
 
-__all__ = ["SeedCNN", "UNet", "input_channels"]
+__all__ = ["SeedCNN", "UNet", "input_channels", "weights_free_options"]
 
 
 def input_channels(model) -> int | None:
@@ -21,6 +21,22 @@ def input_channels(model) -> int | None:
         return declared
     conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
     return None if conv is None else conv.in_channels
+
+
+def weights_free_options(name: str, options: dict) -> dict:
+    """The options that rebuild the registered network ``name`` without reading pretrained weights, for loading a
+    checkpoint or an adapted model that holds every weight (the network class's ``weights_free_options``; the
+    options themselves for networks without pretrained weights).
+
+    Example:
+        >>> weights_free_options("lite-unet", {"pretrained": "imagenet"})
+        {'pretrained': False, 'batchnorm': 'frozen-stats', 'normalize': 'lite'}
+        >>> weights_free_options("unet", {"depth": 2})
+        {'depth': 2}
+    """
+    from fewseg.registry import MODELS
+    rewrite = getattr(MODELS.get(name), "weights_free_options", None) if name in MODELS.names() else None
+    return rewrite(dict(options)) if rewrite is not None and options.get("pretrained") else dict(options)
 
 
 from fewseg.models import lite_unet as _lite_unet  # noqa: F401  (registers lite-unet, lite-probe)

@@ -89,6 +89,16 @@ class LiteUNet(EncoderUNet):
         self._build_decoder(self.encoder.stage_channels, decoder_width)
         self._finish(_normalization("lite-unet", normalize), policy, freeze_encoder)
 
+    @staticmethod
+    def weights_free_options(options: dict) -> dict:
+        """``options`` that rebuild this network without reading its pretrained weights (a checkpoint holds them
+        all): ``pretrained: false`` with the BatchNorm policy and input statistics the weights had chosen."""
+        pretrained = options.get("pretrained", False)
+        normalize = options.get("normalize", "auto")
+        return {**options, "pretrained": False,
+                "batchnorm": resolve_batchnorm("lite-unet", options.get("batchnorm", "auto"), pretrained),
+                "normalize": "lite" if normalize == "auto" else normalize}
+
     def encoder_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.encoder.feature_maps(x)
 
@@ -122,6 +132,12 @@ class LiteProbe(nn.Module):
         self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
+    @staticmethod
+    def weights_free_options(options: dict) -> dict:
+        """``options`` that rebuild this network without reading its pretrained weights."""
+        normalize = options.get("normalize", "auto")
+        return {**options, "pretrained": False, "normalize": "lite" if normalize == "auto" else normalize}
+
     def parameter_groups(self) -> dict[str, str]:
         return {"encoder": r"^encoder\.", "head": r"^head\."}
 
@@ -146,11 +162,5 @@ class LiteProbe(nn.Module):
         return F.interpolate(logits, size=tuple(feats.size), mode="bilinear", align_corners=False)
 
 
-@MODELS.register("lite-unet")
-def lite_unet(**kwargs) -> LiteUNet:
-    return LiteUNet(**kwargs)
-
-
-@MODELS.register("lite-probe")
-def lite_probe(**kwargs) -> LiteProbe:
-    return LiteProbe(**kwargs)
+MODELS.register("lite-unet")(LiteUNet)
+MODELS.register("lite-probe")(LiteProbe)

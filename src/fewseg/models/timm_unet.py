@@ -88,7 +88,7 @@ class TimmUNet(EncoderUNet):
                             f"got {pretrained!r}")
         if encoder not in timm.list_models():
             raise ValueError(f"timm-unet: unknown timm encoder {encoder!r} (timm.list_models() lists them)")
-        if normalize not in NORMALIZE_CHOICES:
+        if not _is_statistics(normalize) and normalize not in NORMALIZE_CHOICES:
             raise ValueError(f"timm-unet: normalize must be {', '.join(NORMALIZE_CHOICES)}, got {normalize!r}")
         policy = resolve_batchnorm("timm-unet", batchnorm, pretrained)
         self.in_channels, self.encoder_name = in_channels, encoder
@@ -108,7 +108,7 @@ class TimmUNet(EncoderUNet):
                 return LITE_NORMALIZATION
             cfg = getattr(self.encoder, "pretrained_cfg", None) or {}
             return (tuple(cfg.get("mean", IMAGENET_NORMALIZATION[0])), tuple(cfg.get("std", IMAGENET_NORMALIZATION[1])))
-        return NAMED_NORMALIZATIONS[normalize]
+        return (tuple(normalize[0]), tuple(normalize[1])) if _is_statistics(normalize) else NAMED_NORMALIZATIONS[normalize]
 
     def _create_encoder(self, timm, encoder: str, pretrained, in_channels: int) -> nn.Module:
         kwargs = {"features_only": True, "in_chans": in_channels}
@@ -144,6 +144,22 @@ class TimmUNet(EncoderUNet):
         state = lite_state_for_timm(read_imagenet_weights(variant), full.state_dict(), variant)
         return timm.create_model(encoder, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs)
 
+    @staticmethod
+    def weights_free_options(options: dict) -> dict:
+        """``options`` that rebuild this network without reading (or downloading) its pretrained weights: ``pretrained:
+        false`` with the BatchNorm policy and the input statistics (as numbers) the weights had chosen."""
+        pretrained = options.get("pretrained", False)
+        normalize = options.get("normalize", "auto")
+        if normalize == "auto" and pretrained:
+            if pretrained == PACKAGED:
+                normalize = "lite"
+            else:
+                cfg = import_timm().models.get_pretrained_cfg(options.get("encoder", "resnet18"))
+                mean, std = (getattr(cfg, "mean", None), getattr(cfg, "std", None)) if cfg else (None, None)
+                normalize = [list(mean or IMAGENET_NORMALIZATION[0]), list(std or IMAGENET_NORMALIZATION[1])]
+        return {**options, "pretrained": False, "normalize": normalize,
+                "batchnorm": resolve_batchnorm("timm-unet", options.get("batchnorm", "auto"), pretrained)}
+
     def encoder_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.encoder(x))
 
@@ -171,11 +187,15 @@ def lite_state_for_timm(reference: dict[str, torch.Tensor], target: dict[str, to
     return {name: value for (name, _), (_, value) in zip(tgt, ref)}
 
 
+def _is_statistics(value) -> bool:
+    """A (mean, std) pair of per-channel number lists."""
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) for x in v) for v in value)
+
+
 def _first_line(exc: BaseException, lines: int = 1) -> str:
     text = " ".join(line.strip() for line in str(exc).splitlines()[:lines] if line.strip())
     return text or type(exc).__name__
 
 
-@MODELS.register("timm-unet")
-def timm_unet(**kwargs) -> TimmUNet:
-    return TimmUNet(**kwargs)
+MODELS.register("timm-unet")(TimmUNet)
