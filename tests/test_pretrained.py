@@ -273,3 +273,17 @@ def test_the_ready_learner_segments_a_new_class_with_no_run(tmp_path):
     with pytest.raises(fewseg.ConfigError, match="unknown ready learner"):
         from fewseg.ready import ready_parts
         ready_parts("imagenet-lite9")
+
+
+def test_probe_schedule_is_chosen_on_validation_episodes_and_scores_as_a_fresh_run():
+    from fewseg.baselines.probe import probe_algorithm, select_probe_schedule
+    from fewseg.engine.evaluator import MetaLearner, evaluate
+    algo = probe_algorithm("efficientnet_lite0")
+    val_set = fewseg.create_dataset("synthetic", split="val", seed=0, image_size=32)
+    episodes = fewseg.EpisodeSampler(val_set, shots=2, queries=2, seed=5).fixed_episodes(2)
+    steps, lr, score = select_probe_schedule(algo, episodes, steps_grid=(2, 5), rates=(0.03, 0.3))
+    assert steps in (2, 5) and lr in (0.03, 0.3)
+    fresh = evaluate(MetaLearner(algo, steps=steps, lr=lr), episodes)["miou"]
+    assert abs(fresh - score) < 1e-9  # scored after step k of a longer run = a run of k steps
+    for k, r in [(2, 0.03), (5, 0.03), (2, 0.3), (5, 0.3)]:
+        assert evaluate(MetaLearner(algo, steps=k, lr=r), episodes)["miou"] <= score + 1e-9

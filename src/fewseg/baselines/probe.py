@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from fewseg.data.episode import Episode
-from fewseg.engine.evaluator import MetaLearner, evaluate
+from fewseg.metrics import IoUAccumulator, binary_stats
 from fewseg.registry import ALGORITHMS, MODELS
 
 PROBE_STEPS = (25, 50, 100, 200)  # the step counts and Adam rates the probe's schedule is chosen from
@@ -42,13 +44,22 @@ def probe_algorithm(encoder: str = "efficientnet_lite0", pretrained="imagenet", 
 
 def select_probe_schedule(algo, episodes: Sequence[Episode], steps_grid=PROBE_STEPS, rates=PROBE_RATES,
                           device="cpu", threshold: float = 0.5) -> tuple[int, float, float]:
-    """(steps, rate, val mIoU) of the probe schedule with the best mIoU on ``episodes`` (validation classes);
-    ties: fewer steps, then the smaller rate."""
-    scores = {}
+    """(steps, rate, val mIoU) of the probe schedule with the best mIoU on ``episodes`` (validation classes): one
+    run per episode and rate to the grid's largest step count, scored after every step of the grid (ties: fewer
+    steps, then the smaller rate)."""
+    grid = sorted({int(k) for k in steps_grid if k > 0})
+    accs: dict[tuple[int, float], IoUAccumulator] = {}
     for lr in rates:
-        for steps in steps_grid:
-            scores[(steps, lr)] = evaluate(MetaLearner(algo, steps=steps, lr=lr), episodes, threshold=threshold,
-                                           device=device)["miou"]
+        for ep in episodes:
+            ep = ep.to(device)
+
+            def score(k, adapted, ep=ep, lr=lr):
+                if k in grid:
+                    with torch.no_grad():
+                        stats = binary_stats(adapted.predict(ep.query_x) > threshold, ep.query_y, ep.query_ignore)
+                    accs.setdefault((k, lr), IoUAccumulator()).update(ep.class_id, stats)
+            algo.adapt_run(ep.support_x, ep.support_y, ep.support_ignore, max(grid), lr=lr, on_step=score)
+    scores = {key: acc.summary()["miou"] for key, acc in accs.items()}
     steps, lr = max(scores, key=lambda c: (scores[c], -c[0], -c[1]))
     return steps, lr, scores[(steps, lr)]
 
