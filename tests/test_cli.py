@@ -12,7 +12,8 @@ from fewseg.config import config_from_dict, config_reference, load_config
 from fewseg.engine.trainer import Trainer
 from fewseg.recipes import recipe_names
 
-BASELINE_NAMES = ["zero-shot", "random-init", "random-init-long", "transfer", "prototype"]
+BASELINE_NAMES = ["zero-shot", "random-init", "random-init-long", "transfer", "prototype", "imagenet-prototype",
+                  "linear-probe"]
 SMALL = ["data.image_size=24", "model.name=unet", "model.options={depth: 2, width: 4}", "train.meta_batch=1",
          "train.shots=2", "train.queries=2", "algorithm.inner_steps=1", "train.val_episodes=2",
          "eval.lr_select_episodes=2"]

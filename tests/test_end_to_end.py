@@ -26,7 +26,8 @@ def test_evaluate_prints_table_with_every_baseline_and_writes_json(trained_run, 
     record = json.loads(out_json.read_text())
     for shots in ("1", "2"):
         methods = record["results"][shots]
-        assert set(methods) == {"maml", "zero-shot", "random-init", "random-init-long", "transfer", "prototype"}
+        assert set(methods) == {"maml", "zero-shot", "random-init", "random-init-long", "transfer", "prototype",
+                                "imagenet-prototype", "linear-probe"}
         for summary in methods.values():
             assert 0.0 <= summary["miou"] <= 1.0 and 0.0 <= summary["fb_iou"] <= 1.0
             assert summary["n_episodes"] == 4

@@ -30,7 +30,7 @@ from fewseg.metrics import IoUAccumulator, binary_stats
 from fewseg.registry import ALGORITHMS, MODELS
 
 PROBE_STEPS = (25, 50, 100, 200)  # the step counts and Adam rates the probe's schedule is chosen from
-PROBE_RATES = (0.01, 0.03, 0.1)
+PROBE_RATES = (0.003, 0.01, 0.03, 0.1)
 
 
 def probe_algorithm(encoder: str = "efficientnet_lite0", pretrained="imagenet", steps: int = 100,

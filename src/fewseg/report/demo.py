@@ -41,6 +41,11 @@ def demo_config(output: str | Path = "runs/demo", quick: bool = False, device: s
                                 f"device={device}", f"seed={seed}", *overrides])
 
 
+# the from-scratch baselines; the frozen ImageNet ones (imagenet-prototype, linear-probe) run with
+# `fewseg evaluate --baselines` (their schedule search would add minutes to the demo)
+DEMO_BASELINES = [n for n in BASELINES.names() if n not in ("imagenet-prototype", "linear-probe")]
+
+
 def run_demo(output: str | Path = "runs/demo", quick: bool = False, device: str = "cpu", seed: int = 0,
              overrides: list[str] = (), log=print) -> dict:
     """Meta-train the demo recipe, evaluate it beside every baseline, plot, and write ``report.md``."""
@@ -60,7 +65,7 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, device: str 
     test_set = build_dataset(cfg.data, "test", cfg.seed, model_channels(cfg))
     train_set, val_set = trainer.train_set, trainer.val_set
     steps = algo.eval_steps
-    methods = build_methods(cfg, algo, steps, BASELINES.names(), train_set, val_set, out, device, log)
+    methods = build_methods(cfg, algo, steps, DEMO_BASELINES, train_set, val_set, out, device, log)
     log(f"[3/4] test episodes: {', '.join(f'{s}-shot' for s in cfg.eval.shots)}")
     results = run_protocol(methods, test_set, cfg.eval.shots, cfg.eval.queries, cfg.eval.episodes, cfg.seed,
                            device, log, threshold=cfg.eval.threshold)
