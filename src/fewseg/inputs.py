@@ -31,10 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from fewseg.data.io import read_binary_mask, read_image
+from fewseg.data.io import IMAGE_EXTS, read_binary_mask, read_image
 from fewseg.errors import DataError
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def is_path(x: Any) -> bool:

@@ -28,6 +28,7 @@ import functools
 import os
 import re
 import stat
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fewseg.errors import DataError
 
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # the image files fewseg reads
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; ``FEWSEG_MAX_PIXELS`` changes it
 
@@ -262,3 +264,17 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise DataError(f"image {Path(path)} declares more pixels than Pillow's decompression-bomb limit") from None
     except Exception:  # noqa: BLE001  (OSError, SyntaxError, a decoder's struct.error on a forged header)
         raise DataError(f"image {Path(path)} is not a readable image file") from None
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never a part: a temporary file
+    in the same folder, then ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

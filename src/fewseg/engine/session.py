@@ -10,12 +10,12 @@ import torch
 from fewseg.algorithms.test_time import describe_plans
 from fewseg.baselines import check_baselines
 from fewseg.config import DataConfig
+from fewseg.data.io import IMAGE_EXTS  # the image files fewseg reads (kept importable from here)
 from fewseg.distributed import close_process_group, init_process_group
 from fewseg.engine.builders import build_dataset, model_channels
 from fewseg.engine.folders import predict_folder
 from fewseg.engine.protocol import build_methods, format_domain_table, format_table, run_protocol
 from fewseg.errors import DataError
-from fewseg.inputs import IMAGE_EXTS  # the image files fewseg reads (kept importable from here)
 from fewseg.loading import load_algorithm, resolve_checkpoint, run_dir_of  # noqa: F401  (still importable here)
 from fewseg.registry import BASELINES
 from fewseg.segmenter import load as load_segmenter

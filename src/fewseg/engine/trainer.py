@@ -38,6 +38,7 @@ import yaml
 from tqdm import tqdm
 
 from fewseg.config import Config, config_from_dict
+from fewseg.data.io import write_text_atomic
 from fewseg.data.sampler import EpisodeSampler
 from fewseg.distributed import init_process_group
 from fewseg.engine.builders import build_all, build_dataset, check_model_input, model_channels, resolve_device
@@ -79,12 +80,6 @@ def _log_iteration(line: str) -> int | None:
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def make_augment(cfg: Config):
@@ -195,7 +190,7 @@ class Trainer:
             keep_to = self.iteration - 1 if self._pending is not None else self.iteration
             lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
                      if (_log_iteration(ln) or keep_to + 1) <= keep_to]
-            _write_text_atomic(log, "".join(ln + "\n" for ln in lines))
+            write_text_atomic(log, "".join(ln + "\n" for ln in lines))
 
     # --- the loop --------------------------------------------------------------------------------
     def validate(self) -> float:
@@ -208,8 +203,8 @@ class Trainer:
         data = {"train": self.train_set.describe(), "val": self.val_set.describe()}
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            _write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-            _write_text_atomic(self.out / "data.json", json.dumps(data, indent=1))
+            write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            write_text_atomic(self.out / "data.json", json.dumps(data, indent=1))
         except OSError as exc:
             raise TrainingError(f"cannot write the run files into {self.out} ({exc.strerror or exc})") from None
 

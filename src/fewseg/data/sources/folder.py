@@ -35,12 +35,11 @@ import numpy as np
 import torch
 
 from fewseg.data.base import Sample, SegmentationDataset
-from fewseg.data.io import read_binary_mask, read_image
+from fewseg.data.io import IMAGE_EXTS, read_binary_mask, read_image
 from fewseg.data.transforms import RESIZE_MODES, content_box, resize_pair
 from fewseg.errors import DataError
 from fewseg.registry import DATASETS
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 SPLITS = ("train", "val", "test", "all")
 SPLIT_FILES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Hashable, Sequence
 from functools import lru_cache
@@ -47,12 +46,11 @@ import torch
 from PIL import Image
 
 from fewseg.data.base import Sample, SegmentationDataset
-from fewseg.data.io import read_image, read_label_map
+from fewseg.data.io import IMAGE_EXTS, read_image, read_label_map, write_text_atomic
 from fewseg.data.transforms import RESIZE_MODES, content_box, resize_arrays
 from fewseg.errors import DataError
 from fewseg.registry import DATASETS
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 SPLITS = ("train", "val", "test", "all")
 IGNORE = 255
 _CACHE_VERSION = 1
@@ -100,10 +98,7 @@ def _fractions_of(path: Path) -> dict[int, float]:
 def _write_atomic(path: Path, data: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, separators=(",", ":")))
     except OSError as exc:
         warnings.warn(f"could not write the label scan cache {path}: {exc}", stacklevel=3)
 
