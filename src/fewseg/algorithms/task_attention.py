@@ -104,10 +104,11 @@ def head_module(model: nn.Module) -> tuple[str, nn.Module]:
 
 
 def default_modulated(model: nn.Module, layers: dict[str, nn.Module]) -> list[str]:
-    """The decoder's normalisation layers of a U-Net (``up.``), else every normalisation layer, else every
-    convolution / linear layer but the head (see the module docstring for why)."""
+    """The normalisation layers of the model's ``decoder`` parameter group (``parameter_groups()``), else every
+    normalisation layer, else every convolution / linear layer but the head (see the module docstring for why)."""
     norms = [n for n, m in layers.items() if isinstance(m, NORM_TYPES)]
-    decoder = [n for n in norms if n.startswith("up.")]
+    groups = model.parameter_groups() if hasattr(model, "parameter_groups") else {}
+    decoder = [n for n in norms if "decoder" in groups and re.search(groups["decoder"], f"{n}.weight")]
     if decoder:
         return decoder
     if norms:

@@ -34,6 +34,10 @@ class SeedCNN(nn.Sequential):
 
     head_prefix = "4."  # parameter-name prefix of the last layer (ANIL's default head)
 
+    def parameter_groups(self) -> dict[str, str]:
+        """Regexes of parameter names by part (``adapt_pattern: "@head"``)."""
+        return {"body": r"^[0-3]\.", "head": r"^4\."}
+
 
 @MODELS.register("seed-cnn")
 def seed_cnn(**kwargs) -> SeedCNN:

@@ -57,6 +57,10 @@ class UNet(nn.Module):
             self.up.append(ConvBlock(c_skip + c_deep, c_skip))
         self.head = nn.Conv2d(chans[0], 1, 1)
 
+    def parameter_groups(self) -> dict[str, str]:
+        """Regexes of parameter names by part (``adapt_pattern: "@decoder|@head"``)."""
+        return {"encoder": r"^down\.", "decoder": r"^up\.", "head": r"^head\."}
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] -> [B,width,H,W] decoder features before the 1x1 head."""
         factor = 2 ** (self.depth - 1)
