@@ -15,11 +15,14 @@ class Registry:
     """A name -> factory map with clear errors for unknown names.
 
     ordered: :meth:`names` lists the names in registration order (else sorted).
+    names_classes: a registered class gets its registered name as its ``name`` attribute (algorithms name
+    themselves once, in the decorator).
     """
 
-    def __init__(self, kind: str, ordered: bool = False):
+    def __init__(self, kind: str, ordered: bool = False, names_classes: bool = False):
         self.kind = kind
         self.ordered = ordered
+        self.names_classes = names_classes
         self._factories: dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -27,6 +30,8 @@ class Registry:
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._factories[name] = factory
+            if self.names_classes and isinstance(factory, type):
+                factory.name = name
             return factory
 
         return decorator
@@ -44,6 +49,6 @@ class Registry:
 
 
 MODELS = Registry("model")
-ALGORITHMS = Registry("algorithm")
+ALGORITHMS = Registry("algorithm", names_classes=True)
 DATASETS = Registry("dataset")
 BASELINES = Registry("baseline", ordered=True)  # evaluated (and listed) in registration order

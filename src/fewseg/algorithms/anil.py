@@ -24,7 +24,6 @@ class ANIL(MetaAlgorithm):
     """MAML whose inner loop adapts only parameters matching ``adapt_pattern``
     (default: the model's ``head_prefix``, e.g. ``"4."`` for seed-cnn, ``"head."`` for unet)."""
 
-    name = "anil"
     OPTIONS = (MetaAlgorithm.OPTIONS - {"inner_checkpoint", "checkpoint_images"}) | {"cache_features"}  # small graph
 
     def __init__(self, model, adapt_pattern: str | None = None, cache_features: bool = True, **options):

@@ -11,13 +11,11 @@ from fewseg.registry import ALGORITHMS
 class MAML(MetaAlgorithm):
     """Second-order MAML by default; ``first_order=True`` drops the second-order terms."""
 
-    name = "maml"
 
 
 @ALGORITHMS.register("fomaml")
 class FOMAML(MetaAlgorithm):
     """First-order MAML: the meta-gradient is the query-loss gradient at the adapted weights."""
 
-    name = "fomaml"
     OPTIONS = MetaAlgorithm.OPTIONS - {"first_order"}
     FIXED: ClassVar[dict] = {"first_order": True}

@@ -48,7 +48,6 @@ def step_loss_weights(steps: int, iteration: int, anneal_iterations: int) -> lis
 class MAMLPlusPlus(MetaAlgorithm):
     """MAML with the MAML++ stabilisers; all on by default, each one off by its option."""
 
-    name = "maml++"
     OPTIONS = MetaAlgorithm.OPTIONS | {"multi_step_loss", "msl_iterations", "learned_rates",
                                        "first_order_iterations", "per_step_norm"}
 

@@ -16,7 +16,6 @@ class MetaSGD(MetaAlgorithm):
     per_tensor=False: alpha has the shape of each parameter; True: one scalar per parameter tensor.
     """
 
-    name = "meta-sgd"
     learns_rates = True  # test time: the learned rates are used as learned
     OPTIONS = MetaAlgorithm.OPTIONS | {"per_tensor"}
 

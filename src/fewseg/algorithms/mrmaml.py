@@ -37,7 +37,6 @@ def first_block_pattern(names: list[str]) -> str:
 class MRMAML(MetaAlgorithm):
     """MAML whose non-adapted block ``stochastic_pattern`` is Gaussian with a KL penalty ``kl_weight``."""
 
-    name = "mr-maml"
     OPTIONS = MetaAlgorithm.OPTIONS | {"stochastic_pattern", "kl_weight", "init_log_sigma", "noise_seed"}
 
     def __init__(self, model, stochastic_pattern: str | None = None, kl_weight: float = 1e-4,

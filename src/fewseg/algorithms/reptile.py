@@ -25,7 +25,6 @@ from fewseg.registry import ALGORITHMS
 class Reptile(MetaAlgorithm):
     """Reptile with an SGD (default) or Adam inner optimiser (``inner_optimizer``)."""
 
-    name = "reptile"
     OPTIONS = frozenset({"inner_steps", "inner_lr", "loss", "eval_steps", "adapt_pattern", "batchnorm",
                          "task_weighting", "weight_temperature", "frequency_power", "inner_optimizer"})
     FIXED: ClassVar[dict] = {"first_order": True, "strategy": "loop"}

@@ -135,7 +135,6 @@ class TaskAttention(MetaAlgorithm):
     """MAML whose initialisation is FiLM-modulated per task by attention over a learned memory of task prototypes
     (``modulation: false`` is MAML)."""
 
-    name = "task-attention"
     OPTIONS = (MetaAlgorithm.OPTIONS - {"inner_checkpoint", "checkpoint_images"}) | {
         "memory_slots", "batch_attention", "modulate_pattern", "attention_temperature", "modulation"}
 
