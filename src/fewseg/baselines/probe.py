@@ -27,6 +27,7 @@ import torch
 
 from fewseg.data.episode import Episode
 from fewseg.metrics import IoUAccumulator, binary_stats
+from fewseg.models.encoded import EncodeOnly
 from fewseg.registry import ALGORITHMS, MODELS
 
 PROBE_STEPS = (25, 50, 100, 200)  # the step counts and Adam rates the probe's schedule is chosen from
@@ -52,11 +53,14 @@ def select_probe_schedule(algo, episodes: Sequence[Episode], steps_grid=PROBE_ST
     for lr in rates:
         for ep in episodes:
             ep = ep.to(device)
+            with torch.no_grad():  # the frozen encoder's query features, once per episode and rate
+                query = algo.model(EncodeOnly(ep.query_x))
 
-            def score(k, adapted, ep=ep, lr=lr):
+            def score(k, adapted, ep=ep, lr=lr, query=query):
                 if k in grid:
                     with torch.no_grad():
-                        stats = binary_stats(adapted.predict(ep.query_x) > threshold, ep.query_y, ep.query_ignore)
+                        probs = torch.sigmoid(adapted.forward(adapted.params, query))
+                        stats = binary_stats(probs > threshold, ep.query_y, ep.query_ignore)
                     accs.setdefault((k, lr), IoUAccumulator()).update(ep.class_id, stats)
             algo.adapt_run(ep.support_x, ep.support_y, ep.support_ignore, max(grid), lr=lr, on_step=score)
     scores = {key: acc.summary()["miou"] for key, acc in accs.items()}

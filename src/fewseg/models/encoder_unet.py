@@ -73,6 +73,19 @@ def resolve_batchnorm(model: str, batchnorm: str, pretrained) -> str:
     return "frozen-stats" if pretrained else "group-norm"
 
 
+def register_input_statistics(module: nn.Module, normalize, channels: int) -> None:
+    """Give ``module`` its input statistics: ``normalization`` ((mean, std) per channel, or None) and the
+    non-persistent buffers ``input_mean`` / ``input_std`` [1,C,1,1] (they follow ``.to(device)`` and stay out of
+    checkpoints). Statistics given for another channel count are averaged over the channels."""
+    if normalize is None:
+        mean, std = [0.0] * channels, [1.0] * channels
+    else:
+        mean, std = (list(v) if len(v) == channels else [sum(v) / len(v)] * channels for v in normalize)
+    module.normalization = None if normalize is None else (tuple(mean), tuple(std))
+    module.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+    module.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+
 class EncoderUNet(nn.Module):
     """An encoder (built by the subclass), a light U-Net decoder and a 1x1 head (see the module docstring)."""
 
@@ -100,14 +113,7 @@ class EncoderUNet(nn.Module):
 
     def _finish(self, normalize=None, batchnorm: str | None = None, freeze_encoder: bool = False) -> None:
         """Input statistics, the BatchNorm policy of the encoder and whether it is frozen."""
-        channels = self.in_channels
-        if normalize is None:
-            mean, std = [0.0] * channels, [1.0] * channels
-        else:
-            mean, std = (list(v) if len(v) == channels else [sum(v) / len(v)] * channels for v in normalize)
-        self.normalization = None if normalize is None else (tuple(mean), tuple(std))
-        self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        register_input_statistics(self, normalize, self.in_channels)
         if batchnorm is not None:
             apply_batchnorm_policy(self.encoder, batchnorm)
         self.batchnorm = (batchnorm or "none") if batchnorm_layers(self.encoder) else "none"

@@ -43,6 +43,7 @@ from fewseg.models.encoder_unet import (
     PACKAGED,
     EncoderUNet,
     check_decoder_width,
+    register_input_statistics,
     resolve_batchnorm,
 )
 from fewseg.models.norms import apply_batchnorm_policy
@@ -120,17 +121,13 @@ class LiteProbe(nn.Module):
         self.in_channels, self.encoder_name, self.scale = in_channels, encoder, float(scale)
         self.encoder = build_encoder("lite-probe", encoder, pretrained, in_channels)
         self.encoder.requires_grad_(False)
-        self.encoder.eval()
         apply_batchnorm_policy(self.encoder, "frozen-stats")
         self.batchnorm, self.freeze_encoder = "frozen-stats", True
         channels = sum(self.encoder.stage_channels[s] for s in PROBE_STAGES)
         self.head = nn.Conv2d(channels, 1, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        normalization = _normalization("lite-probe", normalize) or ((0.0,) * 3, (1.0,) * 3)
-        mean, std = (v if len(v) == in_channels else [sum(v) / len(v)] * in_channels for v in normalization)
-        self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        register_input_statistics(self, _normalization("lite-probe", normalize), in_channels)
 
     @staticmethod
     def weights_free_options(options: dict) -> dict:
@@ -143,7 +140,9 @@ class LiteProbe(nn.Module):
 
     def encode(self, x: torch.Tensor) -> EncoderFeatures:
         """Images [B,C,H,W] in [0,1] -> one map [B,152..,H/8,W/8] of normalised features (times ``scale``)."""
-        maps = self.encoder.feature_maps((x - self.input_mean) / self.input_std)
+        if self.normalization is not None:
+            x = (x - self.input_mean) / self.input_std
+        maps = self.encoder.feature_maps(x)
         size = maps[PROBE_STAGES[0]].shape[-2:]
         parts = [F.normalize(F.interpolate(maps[s], size=size, mode="bilinear", align_corners=False)
                              if maps[s].shape[-2:] != size else maps[s], dim=1) for s in PROBE_STAGES]
