@@ -105,7 +105,7 @@ print(f"maml @stage1|@decoder|@head: {len(deep.adapt_names)} tensors adapt, enco
 anil = fewseg.create_algorithm("anil", model, inner_steps=3, inner_lr=0.1)
 calls.clear()
 meta_gradient(anil, batch)
-print(f"anil adapts {', '.join(anil.adapt_names)}; features once per task: {anil.cache_features}; "
+print(f"anil adapts {', '.join(anil.adapt_names)}; features once per task: {anil.encoder_is_fixed()}; "
       f"encoder passes per meta-step {len(calls)}")
 
 test_set = fewseg.create_dataset("synthetic", split="test", seed=0, image_size=24)

@@ -22,7 +22,7 @@ SAMPLES = {
     "first_order_iterations": {"first_order_iterations": 3}, "per_step_norm": {"per_step_norm": False},
     "stochastic_pattern": {"stochastic_pattern": r"^2\."}, "kl_weight": {"kl_weight": 0.01},
     "init_log_sigma": {"init_log_sigma": -3.0}, "noise_seed": {"noise_seed": 3},
-    "inner_optimizer": {"inner_optimizer": "adam"}, "cache_features": {"cache_features": False},
+    "inner_optimizer": {"inner_optimizer": "adam"}, "cache_encoder": {"cache_encoder": False},
     "memory_slots": {"memory_slots": 3}, "batch_attention": {"batch_attention": True},
     "modulate_pattern": {"modulate_pattern": r"^2\."}, "attention_temperature": {"attention_temperature": 0.5},
     "modulation": {"modulation": False},
@@ -36,7 +36,7 @@ def test_every_declared_option_has_a_sample_value():
 
 
 # options that change how the result is computed, not the result (the test checks that too)
-SAME_RESULT = {"strategy", "task_chunk", "inner_checkpoint", "checkpoint_images", "cache_features", "batchnorm"}
+SAME_RESULT = {"strategy", "task_chunk", "inner_checkpoint", "checkpoint_images", "cache_encoder", "batchnorm"}
 # MR-MAML draws one noise sample per pass: per task in the loop, per chunk under vmap (documented)
 CHANGES_RESULT = {("mr-maml", "strategy"), ("mr-maml", "task_chunk")}
 ITERATION = {"first_order": 60}   # maml++ is first order anyway before first_order_iterations (50)

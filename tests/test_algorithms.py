@@ -117,17 +117,91 @@ def test_every_algorithm_trains_checkpoints_and_evaluates(name, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
 def test_anil_feature_cache_is_the_same_mathematics_as_whole_network_steps(strategy):
+    """unet has no encoder split (``encoder_prefix``): ANIL caches ``features(x)`` and steps the head alone."""
     batch = random_batch(T=2, dtype=torch.float64)
-    grads, adapted = [], []
+    grads, adapted, body_passes = [], [], []
     for cache in (True, False):
         torch.manual_seed(3)
         model = fewseg.create_model("unet", depth=2, width=4).double()
-        algo = fewseg.create_algorithm("anil", model, inner_steps=2, inner_lr=0.5, cache_features=cache,
+        algo = fewseg.create_algorithm("anil", model, inner_steps=2, inner_lr=0.5, cache_encoder=cache,
                                        strategy=strategy)
-        assert algo.cache_features == cache
+        params, forward = algo.params_and_forward()
+        assert algo.cache_encoder == cache and (algo.inner_view(forward, params).encode is not None) == cache
+        calls = []
+        hook = model.down[0].register_forward_hook(lambda m, i, o, calls=calls: calls.append(1))
         algo.meta_backward(batch, iteration=0)
+        hook.remove()
+        body_passes.append(len(calls))
         grads.append([p.grad for p in model.parameters()])
         adapted.append(algo.adapt(batch.support_x[0], batch.support_y[0], steps=3).predict(batch.query_x[0]))
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
     assert torch.allclose(adapted[0], adapted[1], atol=1e-12)
+    assert body_passes[0] < body_passes[1]  # the body once per task, against once per inner step
+
+
+def _toy_encoder_unet():
+    from fewseg.models.encoder_unet import EncoderUNet
+
+    class Toy(EncoderUNet):  # encoder_prefix "encoder.", head_prefix "head." and features(): both splits
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.ModuleList([torch.nn.Conv2d(3, 4, 3, 2, 1), torch.nn.Conv2d(4, 8, 3, 2, 1)])
+            self._build_decoder([4, 8], decoder_width=4)
+            self._finish()
+
+        def encoder_maps(self, x):
+            a = self.encoder[0](x)
+            return [a, self.encoder[1](a)]
+
+        def encoder_stages(self):
+            return {n: int(n.split(".")[0]) for n, _ in self.encoder.named_parameters()}
+    return Toy()
+
+
+def test_anil_uses_the_encoder_split_where_the_model_offers_it():
+    batch = random_batch(T=2, S=2, Q=2, size=16, dtype=torch.float64)
+    grads, passes = [], []
+    for cache in (True, False):
+        torch.manual_seed(0)
+        model = _toy_encoder_unet().double()
+        algo = fewseg.create_algorithm("anil", model, inner_steps=3, inner_lr=0.5, cache_encoder=cache)
+        assert algo.encoder_is_fixed() == cache and algo.head_alone
+        calls = {"encoder": 0, "decoder": 0}
+        for part, module in (("encoder", model.encoder[0]), ("decoder", model.last)):
+            module.register_forward_hook(lambda m, i, o, part=part, calls=calls: calls.update({part: calls[part] + 1}))
+        algo.meta_backward(batch, iteration=0)
+        grads.append([p.grad for p in model.parameters()])
+        passes.append(calls)
+    assert passes[0]["encoder"] == 2 * 2 and passes[1]["encoder"] == 2 * (3 + 1)  # support + query, per task
+    assert passes[0]["decoder"] == passes[1]["decoder"] == 2 * (3 + 1)  # the decoder still runs at every step
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_the_inner_loop_spec_is_one_frozen_value():
+    import dataclasses
+
+    from fewseg.algorithms.inner_loop import InnerLoopSpec
+    algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn", width=4), inner_steps=1, proximal=0.1)
+    spec = algo.inner_spec(lambda p, x: x, create_graph=True)
+    assert isinstance(spec, InnerLoopSpec) and spec.proximal == 0.1 and spec.create_graph and spec.keep_graph
+    assert tuple(spec.adapt_names) == tuple(algo.adapt_names) and spec.loss_fn is algo.loss_fn
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.proximal = 0.0
+
+
+@pytest.mark.parametrize("name", ["maml", "anil", "reptile", "task-attention", "maml++"])
+def test_adaptation_is_built_from_hooks_not_overrides(name):
+    """Every algorithm adapts through the base's ``adapt_run``: it overrides hooks (task_start, inner_view,
+    adapt_steps), never the wrapping."""
+    from fewseg.registry import ALGORITHMS
+    assert "adapt_run" not in vars(ALGORITHMS.get(name))
+    torch.manual_seed(0)
+    algo = fewseg.create_algorithm(name, fewseg.create_model("seed-cnn", width=4), inner_steps=2, inner_lr=0.1)
+    ep = random_batch(T=1, S=2, Q=1, size=8).task(0)
+    seen = []
+    adapted = algo.adapt_run(ep.support_x, ep.support_y, None, 2, on_step=lambda k, a: seen.append((k, a)))
+    assert [k for k, _ in seen] == [1, 2]
+    assert all(torch.equal(adapted.params[n], seen[-1][1].params[n]) for n in adapted.params)
+    assert set(adapted.params) == {n for n, _ in algo.model.named_parameters()}

@@ -145,3 +145,69 @@ def test_the_demo_trains_the_shipped_recipe_changing_only_name_output_device_and
     assert demo_config(tmp_path, seed=3).seed == 3
     quick = demo_config(tmp_path, quick=True)
     assert quick.train.iterations == 20 and quick.model == demo_config(tmp_path).model
+
+
+# --- the algorithm section derives from fewseg.algorithms.options; user errors at load (exit code 2) ------------
+def test_algorithm_defaults_are_the_core_options_defaults():
+    from fewseg.algorithms.options import CORE_OPTIONS
+    algorithm = Config().algorithm
+    shared = [f.name for f in dataclasses.fields(algorithm) if f.name in CORE_OPTIONS]
+    assert set(shared) == {"inner_steps", "inner_lr", "first_order", "loss", "strategy", "task_chunk", "eval_steps"}
+    assert all(getattr(algorithm, name) == CORE_OPTIONS[name] for name in shared)
+
+
+def test_an_unknown_loss_is_refused_at_load_naming_the_key_and_the_losses():
+    from fewseg.losses import LOSSES
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({}, ["algorithm.loss=focall"])
+    message = str(err.value)
+    assert "\n" not in message and "'algorithm.loss'" in message and "'focall'" in message
+    assert f"one of {', '.join(LOSSES)}" in message
+    for name in LOSSES:
+        assert config_from_dict({}, [f"algorithm.loss={name}"]).algorithm.loss == name
+
+
+@pytest.mark.parametrize("override,key", [("algorithm.strategy=nope", "algorithm.strategy"),
+                                          ("algorithm.inner_lr=.inf", "algorithm.inner_lr"),
+                                          ("algorithm.task_chunk=-1", "algorithm.task_chunk"),
+                                          ("algorithm.options={cache_encoder: maybe}", "algorithm.options.cache_encoder"),
+                                          ("algorithm.options={proximal: -1}", "algorithm.options.proximal")])
+def test_core_algorithm_values_are_checked_by_the_options_rules(override, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        config_from_dict({}, [override])
+    assert config_from_dict({}, ["algorithm.options={cache_encoder: false}"]).algorithm.options == {
+        "cache_encoder": False}
+
+
+@pytest.mark.parametrize("value", ["1e26", str(10**26), "10_000_001", "-1"])
+def test_absurd_iterations_are_refused_naming_the_key(value):
+    with pytest.raises(ConfigError, match="config key 'train.iterations'") as err:
+        config_from_dict({}, [f"train.iterations={value}"])
+    assert "\n" not in str(err.value)
+    assert config_from_dict({}, ["train.iterations=10000000"]).train.iterations == 10_000_000
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_config_file_warns_naming_the_file(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.warns(UserWarning, match=r"config file '.*empty\.yaml' is empty"):
+        cfg = load_config(path)
+    assert cfg == Config()
+
+
+def test_a_stored_config_with_the_renamed_anil_option_still_loads():
+    stored = {"algorithm": {"name": "anil", "options": {"cache_features": False}}}
+    assert config_from_dict(stored, stored=True).algorithm.options == {"cache_encoder": False}
+    from fewseg.engine.builders import build_all
+    with pytest.raises(ConfigError, match="unknown option 'cache_features'"):  # a user's config: refused
+        build_all(config_from_dict({"algorithm": {"name": "anil", "options": {"cache_features": False}}}))
+    assert "cache_features" in stored["algorithm"]["options"]  # the caller's dict is untouched
+
+
+@pytest.mark.parametrize("override", ["algorithm.loss=nope", "train.iterations=99999999999"])
+def test_the_cli_refuses_these_user_errors_in_one_line_with_exit_code_2(override, capsys):
+    from fewseg.cli import main
+    assert main(["config", "--show", "synthetic_maml", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and override.split("=")[0] in err

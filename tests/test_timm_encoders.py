@@ -197,7 +197,9 @@ def test_encoder_features_once_per_task_give_the_same_meta_gradient():
     cached, n_cached = grads_of(model), len(calls)
     algo.zero_grad()
     calls.clear()
-    algo.cache_encoder = False
+    algo = fewseg.create_algorithm("maml", model, inner_steps=3, inner_lr=0.3, adapt_pattern="@decoder|@head",
+                                   strategy="loop", cache_encoder=False)
+    assert not algo.encoder_is_fixed()
     algo.meta_backward(batch, iteration=0)
     assert n_cached == 2 * 2 and len(calls) == 2 * (3 + 1)  # support + query per task, against once per step
     assert_close_rel(cached, grads_of(model), rtol=1e-12)
@@ -272,7 +274,8 @@ def test_reptile_with_a_fixed_encoder_runs_it_once_per_task_and_gets_the_same_up
     cached, n_cached = [p.grad.clone() for p in decoder], len(calls)
     algo.zero_grad()
     calls.clear()
-    algo.cache_encoder = False
+    algo = fewseg.create_algorithm("reptile", model, inner_steps=3, inner_lr=0.3, adapt_pattern="@decoder|@head",
+                                   cache_encoder=False)
     algo.meta_backward(batch, iteration=0)
     assert n_cached == 2 and len(calls) == 2 * (3 + 1)  # one pass per task (support and query together)
     assert_close_rel(cached, [p.grad for p in decoder], rtol=1e-12)

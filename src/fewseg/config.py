@@ -3,7 +3,9 @@
 Unknown keys and values of the wrong type fail at once with the key named. Every field carries its
 meaning (``metadata["help"]``), from which :func:`config_reference` builds the Markdown table that
 ``fewseg config`` prints. ``--config`` takes a YAML path or the name of a recipe shipped in
-``fewseg/configs`` (:mod:`fewseg.recipes`); YAML itself is read by :mod:`fewseg.yaml_reader`.
+``fewseg/configs`` (:mod:`fewseg.recipes`); files, overrides and stored configs are read by
+:mod:`fewseg.config_files`, YAML itself by :mod:`fewseg.yaml_reader`. The ``algorithm`` section's shared keys take
+their defaults and value rules from :mod:`fewseg.algorithms.options` (one definition for the API and configs).
 
 One module: the schema, its type and range checks and the generated reference are one description of the
 keys, which must change together.
@@ -27,18 +29,24 @@ from typing import Any
 
 import yaml
 
+from fewseg.algorithms.options import CORE_OPTIONS, core_problem
 from fewseg.choices import AUTOCAST, CLASS_SAMPLING, OUTER_OPTIMIZERS, SCHEDULES, STRATEGIES
+from fewseg.config_files import (  # noqa: F401  (LEGACY_KEYS, MAX_CONFIG_BYTES, parse_override: public here too)
+    LEGACY_KEYS,
+    MAX_CONFIG_BYTES,
+    apply_overrides,
+    build_dataclass,
+    migrate_stored,
+    parse_override,
+    read_config_file,
+)
 from fewseg.errors import ConfigError
 from fewseg.recipes import resolve_recipe
-from fewseg.yaml_reader import FLOAT_PATTERN, load_yaml, short_repr
-
-# Keys removed since, which configs stored in older checkpoints (meta.json) still hold: dropped on reading them.
-LEGACY_KEYS = frozenset({"eval.steps", "eval.baselines"})
+from fewseg.yaml_reader import short_repr
 
 MAX_IMAGE_SIZE = 4096          # data.image_size above this is refused (a typo, or a tampered checkpoint)
 MAX_SEED = 2**63 - 2           # seeds (plus offsets) must fit every generator fewseg seeds (torch, numpy)
-MAX_CONFIG_BYTES = 10_000_000  # a recipe file above this is refused unread
-_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+MAX_ITERATIONS = 10_000_000    # train.iterations above this is refused (a typo: years of meta-training)
 
 
 def setting(default: Any, help: str) -> Any:
@@ -72,17 +80,22 @@ class ModelConfig:
     options: dict = setting({}, "network keyword arguments, e.g. {depth: 3, width: 16}")
 
 
+def core(name: str, help: str) -> Any:
+    """A field of the ``algorithm`` section that is a core algorithm option: its default is the option's."""
+    return setting(CORE_OPTIONS[name], help)
+
+
 @dataclass
 class AlgorithmConfig:
     name: str = setting("maml", "meta-learning algorithm (`fewseg list` shows them)")
-    inner_steps: int = setting(5, "inner SGD steps on the support set during meta-training")
-    inner_lr: float = setting(0.01, "inner-loop learning rate (> 0)")
-    first_order: bool = setting(False, "drop second-order terms of the meta-gradient (first-order MAML)")
-    loss: str = setting("bce", "segmentation loss, inner and outer (`fewseg list` shows them)")
-    strategy: str = setting("auto", f"how the tasks of a meta-step run: {_one_of(STRATEGIES)} "
-                                    "(auto picks per device)")
-    task_chunk: int = setting(0, "tasks per vmap chunk (0: all tasks at once)")
-    eval_steps: int | None = setting(None, "inner steps at test time (null: inner_steps)")
+    inner_steps: int = core("inner_steps", "inner SGD steps on the support set during meta-training")
+    inner_lr: float = core("inner_lr", "inner-loop learning rate (> 0)")
+    first_order: bool = core("first_order", "drop second-order terms of the meta-gradient (first-order MAML)")
+    loss: str = core("loss", "segmentation loss, inner and outer (`fewseg list` shows them)")
+    strategy: str = core("strategy", f"how the tasks of a meta-step run: {_one_of(STRATEGIES)} "
+                                     "(auto picks per device)")
+    task_chunk: int = core("task_chunk", "tasks per vmap chunk (0: all tasks at once)")
+    eval_steps: int | None = core("eval_steps", "inner steps at test time (null: inner_steps)")
     options: dict = setting({}, "algorithm-specific keyword arguments (e.g. task_weighting, inner_checkpoint)")
 
 
@@ -148,129 +161,26 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _check_type(key: str, value: Any, annotation: Any) -> Any:
-    """Coerce/validate ``value`` for a field annotated ``annotation`` (as a string under __future__)."""
-    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    if value is None:
-        if type(None) in allowed:
-            return None
-        raise ConfigError(f"config key {key!r} may not be empty")
-    for t in allowed:
-        origin = typing.get_origin(t) or t
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if origin is float and isinstance(value, str) and FLOAT_PATTERN.match(value.strip()):  # "1e-3" from a dict
-            return float(value)
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if origin in (str, bool, dict, list) and isinstance(value, origin):
-            return value
-        if origin is list and isinstance(value, (int, str)):
-            return [value]
-    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
-    raise ConfigError(f"config key {key!r} must be {names}, got {short_repr(value)}")
-
-
-def _build(cls: type, data: dict, prefix: str = "") -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping, "
-                          f"got {short_repr(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(f"unknown config key {prefix + str(key)!r}; "
-                              f"known keys of {prefix.rstrip('.') or 'the root'}: {', '.join(fields)}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, {} if value is None else value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _check_type(prefix + key, value, hint)
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"train.iterations=50"`` -> ("train.iterations", 50); values are parsed as YAML scalars/lists."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = load_yaml(raw, f"override {key.strip()!r}") if raw != "" else None
-    except ConfigError as exc:
-        if "not valid YAML" not in str(exc):
-            raise  # an alias bomb or deep nesting is refused, never kept as text
-        value = raw
-    return key.strip(), value
-
-
-def migrate_stored(data: dict) -> dict:
-    """A copy of a config stored by an older fewseg (a checkpoint's meta.json) without the :data:`LEGACY_KEYS`.
-
-    Only stored configs go through this: a user's YAML holding a removed key fails like any unknown key.
-    """
-    tree = copy.deepcopy(dict(data or {}))
-    for dotted in LEGACY_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return tree
-
-
 def config_from_dict(data: dict, overrides: list[str] | tuple = (), stored: bool = False) -> Config:
     """A validated :class:`Config` from a nested dict plus dotted overrides (the caller's dict is not modified).
 
     stored: the dict was read back from a checkpoint (its ``meta.json``): keys removed since
     (:data:`LEGACY_KEYS`) are dropped first (:func:`migrate_stored`).
     """
-    tree = migrate_stored(data) if stored else copy.deepcopy(dict(data or {}))
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_dotted(tree, key, value)
-    cfg = _build(Config, tree)
+    tree = apply_overrides(migrate_stored(data) if stored else copy.deepcopy(dict(data or {})), overrides)
+    cfg = build_dataclass(Config, tree)
     validate(cfg)
     return cfg
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple = ()) -> Config:
     """Read a YAML recipe (a path, or a shipped recipe's name; defaults when None) and apply dotted overrides."""
-    data: dict = {}
-    if path is not None:
-        path = resolve_recipe(path)
-        where = f"config file {str(path)!r}"
-        try:
-            if path.stat().st_size > MAX_CONFIG_BYTES:
-                raise ConfigError(f"{where} is larger than {MAX_CONFIG_BYTES:,} bytes; not a recipe")
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"{where} cannot be read ({exc.strerror or exc})") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"{where} is not UTF-8 text (a binary file?)") from None
-        data = load_yaml(text, where)
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where} must hold a mapping of sections (name:, data:, model:, algorithm:, "
-                              f"train:, eval:), not {_KINDS.get(type(data), type(data).__name__)} {short_repr(data)}")
+    data = {} if path is None else read_config_file(resolve_recipe(path))
     return config_from_dict(data, overrides)
 
 
-CHOICES = {"algorithm.strategy": STRATEGIES, "train.schedule": SCHEDULES, "train.outer_optimizer": OUTER_OPTIMIZERS,
+# the enumerated keys outside the algorithm section (whose rules are fewseg.algorithms.options.CORE_RULES)
+CHOICES = {"train.schedule": SCHEDULES, "train.outer_optimizer": OUTER_OPTIMIZERS,
            "train.class_sampling": CLASS_SAMPLING, "train.autocast": AUTOCAST}
 
 
@@ -286,15 +196,13 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         if _value(cfg, key) not in allowed:
             raise ConfigError(f"config key {key!r} must be one of {', '.join(allowed)}; got {_value(cfg, key)!r}")
-    t, a, e = cfg.train, cfg.algorithm, cfg.eval
+    validate_algorithm(cfg.algorithm)
+    t, e = cfg.train, cfg.eval
     checks = [
-        ("train.iterations", t.iterations >= 0, ">= 0"), ("train.meta_batch", t.meta_batch >= 1, ">= 1"),
+        ("train.iterations", 0 <= t.iterations <= MAX_ITERATIONS, f"in [0, {MAX_ITERATIONS:_}]"),
+        ("train.meta_batch", t.meta_batch >= 1, ">= 1"),
         ("train.shots", t.shots >= 1, ">= 1"), ("train.queries", t.queries >= 1, ">= 1"),
         ("train.outer_lr", 0 < t.outer_lr < math.inf, "> 0 and finite"),
-        ("algorithm.inner_lr", 0 < a.inner_lr < math.inf, "> 0 and finite"),
-        ("algorithm.inner_steps", a.inner_steps >= 0, ">= 0"),
-        ("algorithm.eval_steps", a.eval_steps is None or a.eval_steps >= 0, ">= 0 or null"),
-        ("algorithm.task_chunk", a.task_chunk >= 0, ">= 0"),
         ("data.image_size", 8 <= cfg.data.image_size <= MAX_IMAGE_SIZE, f"in [8, {MAX_IMAGE_SIZE}]"),
         ("seed", 0 <= cfg.seed <= MAX_SEED - 1, f"in [0, {MAX_SEED - 1}]"),
         ("train.data_seed_offset", 0 <= cfg.seed + t.data_seed_offset <= MAX_SEED,
@@ -321,6 +229,20 @@ def validate(cfg: Config) -> None:
     for key, ok, want in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} has a bad value: {short_repr(_value(cfg, key))} (must be {want})")
+
+
+def validate_algorithm(a: AlgorithmConfig) -> None:
+    """The core algorithm options of the ``algorithm`` section (its keys and those in ``options``) against
+    ``fewseg.algorithms.options.CORE_RULES``, each error naming the key (and the allowed values of an enumeration)."""
+    given = [(f.name, getattr(a, f.name)) for f in dataclasses.fields(a)] + [
+        (f"options.{k}", v) for k, v in a.options.items() if isinstance(k, str)]
+    for name, value in given:
+        want = core_problem(name.removeprefix("options."), value)
+        if want is None:
+            continue
+        if want.startswith("one of "):
+            raise ConfigError(f"config key 'algorithm.{name}' must be {want}; got {short_repr(value)}")
+        raise ConfigError(f"config key 'algorithm.{name}' has a bad value: {short_repr(value)} (must be {want})")
 
 
 # --- the generated reference ---------------------------------------------------------------------------

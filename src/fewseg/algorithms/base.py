@@ -5,6 +5,11 @@ from theta. ``meta_backward(batch, iteration=i)`` adds its gradient into ``.grad
 ``first_order``); an ordinary torch optimiser step on ``algo.parameters()`` is the outer update (rate beta).
 The outer iteration is an explicit argument: schedules (MAML++) and noise (MR-MAML) read it, nothing else does.
 
+A task: ``task_start`` (its starting weights from its support set), ``inner_view`` (what is computed once per
+task: the encoder's features when no encoder parameter adapts, option ``cache_encoder``), the inner loop, then
+``query_loss``. Test-time adaptation (``adapt_run``) is built from the same hooks plus ``adapt_steps`` (the inner
+optimiser): a new algorithm overrides a hook, never the wrapping.
+
 Elsewhere: the inner loop (``inner_loop``), task weights (``weighting``), how tasks are batched
 (``execution``), inner-loop recomputation (``recompute``), the option declarations (``options``).
 
@@ -23,14 +28,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from fewseg.algorithms.adapted import Adapted
 from fewseg.algorithms.execution import accumulate_meta_gradient, whole_graph_loss
-from fewseg.algorithms.inner_loop import Params, inner_loop, make_forward
+from fewseg.algorithms.inner_loop import Forward, InnerLoopSpec, Params, inner_loop, make_forward
 from fewseg.algorithms.options import CORE_OPTIONS, check_core_values, resolve_options
 from fewseg.algorithms.test_time import (
     AdaptationPlan,
@@ -51,6 +56,17 @@ from fewseg.models.norms import batchnorm_policy_of, check_norm_layers
 def param_key(name: str) -> str:
     """A parameter name usable as a ParameterDict key ("down.0.weight" -> "down__0__weight")."""
     return name.replace(".", "__")
+
+
+class InnerView(NamedTuple):
+    """How the inner loop sees a task's images (``MetaAlgorithm.inner_view``): ``encode(x)`` once per task (None:
+    the images as they are), then ``forward(params, encoded)`` at every step, with the whole parameter dict."""
+
+    forward: Forward
+    encode: Callable[[torch.Tensor], object] | None = None
+
+    def inputs(self, x: torch.Tensor):
+        return x if self.encode is None else self.encode(x)
 
 
 class MetaAlgorithm(nn.Module):
@@ -89,7 +105,7 @@ class MetaAlgorithm(nn.Module):
             if not self.adapt_names:
                 raise ValueError(f"adapt_pattern {o['adapt_pattern']!r} matches no trainable parameter of the "
                                  f"model (names: {', '.join(names[:6])} ...)")
-        self.cache_encoder = True  # encoder features once per task when the inner loop leaves the encoder alone
+        self.cache_encoder = bool(o["cache_encoder"])  # see inner_view
 
     # --- hooks: each member of the family overrides one or two ------------------------------------
     def lr_for(self, step: int, name: str) -> float | torch.Tensor:
@@ -125,33 +141,58 @@ class MetaAlgorithm(nn.Module):
         """A term added once per meta-batch to the outer loss (MR-MAML's KL), or None."""
         return None
 
+    def task_start(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                   support_ignore: torch.Tensor | None) -> Params:
+        """The weights a task's inner loop starts from, given its support set (task-attention: FiLM-modulated);
+        the same hook at meta-training (differentiable) and at test time. Default: ``params``. Inner-loop
+        recomputation (``inner_checkpoint``) does not call it: an algorithm overriding it refuses that option."""
+        return params
+
     def encoder_is_fixed(self) -> bool:
-        """Whether the model's encoder features stay the same through the inner loop: the model splits into
-        encoder and decoder (``encoder_prefix``, ``fewseg.models.encoded``) and no parameter of the encoder adapts
-        (nor is replaced per step). Then ``inputs_for`` computes them once per task (as ANIL does for its body)."""
+        """Whether the model's encoder features stay the same through the inner loop: ``cache_encoder`` is on, the
+        model splits into encoder and decoder (``encoder_prefix``, ``fewseg.models.encoded``) and no parameter of
+        the encoder adapts (nor is replaced per step). Then ``inner_view`` computes them once per task."""
         prefix = getattr(self.model, "encoder_prefix", None)
         if not (prefix and self.cache_encoder):
             return False
         moving = set(self.adapt_names) | set(self.step_params(0))
         return not any(n.startswith(prefix) for n in moving)
 
-    def inputs_for(self, forward, params: Params, x: torch.Tensor):
-        """Images x [N,C,H,W] as the inner loop feeds them to ``forward``: the encoder features of x (computed with
-        ``params``, so the meta-gradient still reaches a meta-learned encoder) when ``encoder_is_fixed()``, else x."""
-        if isinstance(x, EncoderFeatures) or not self.encoder_is_fixed():
-            return x
-        return forward(params, EncodeOnly(x))
+    def inner_view(self, forward: Forward, params: Params) -> InnerView:
+        """What the inner loop runs on, for a task starting from ``params``: the encoder features of the images
+        (computed with ``params``, so the meta-gradient still reaches a meta-learned encoder) and the decoder and
+        head alone when ``encoder_is_fixed()``; else the images and the whole network. Either way the same numbers.
+        Override to cache more (ANIL: the body's features and the head alone)."""
+        if not self.encoder_is_fixed():
+            return InnerView(forward)
+
+        def encode(x):
+            return x if isinstance(x, EncoderFeatures) else forward(params, EncodeOnly(x))
+        return InnerView(forward, encode)
+
+    def inner_spec(self, forward: Forward, **overrides) -> InnerLoopSpec:
+        """The algorithm's inner loop on ``forward``: its adapted parameters, rates, loss, proximal term and per-step
+        parameters; ``overrides`` replace any field (``create_graph``, ``keep_graph``, ``lr_for``, ...)."""
+        fields = {"adapt_names": tuple(self.adapt_names), "lr_for": self.lr_for, "loss_fn": self.loss_fn,
+                  "proximal": self.proximal, "step_params": self.step_params}
+        return InnerLoopSpec(forward, **{**fields, **overrides})
+
+    def adapt_steps(self, spec: InnerLoopSpec, params: Params, x, y: torch.Tensor, ignore: torch.Tensor | None,
+                    steps: int, on_step: Callable[[int, Params], None] | None = None) -> Params:
+        """The weights after ``steps`` steps of the inner optimiser from ``params``, no outer graph (test time,
+        Reptile): plain SGD by default (Reptile: or Adam); ``on_step(k, params_k)`` after every step."""
+        return inner_loop(spec, params, x, y, ignore, steps, on_step=on_step)[-1]
 
     def task_loss(self, forward, params: Params, ep: Episode, iteration: int, functional_grad: bool) -> torch.Tensor:
         """One task's outer loss, differentiable w.r.t. the meta-parameters (``functional_grad`` under vmap)."""
-        if self.encoder_is_fixed():  # the same numbers, the encoder run once per image instead of once per step
-            ep = dataclasses.replace(ep, support_x=self.inputs_for(forward, params, ep.support_x),
-                                     query_x=self.inputs_for(forward, params, ep.query_x))
-        trajectory = inner_loop(forward, params, self.adapt_names, ep.support_x, ep.support_y, ep.support_ignore,
-                                self.inner_steps, self.lr_for, self.loss_fn,
-                                create_graph=self.use_second_order(iteration), functional_grad=functional_grad,
-                                proximal=self.proximal, step_params=self.step_params)
-        return self.query_loss(forward, trajectory, ep, iteration)
+        params = self.task_start(params, ep.support_x, ep.support_y, ep.support_ignore)
+        view = self.inner_view(forward, params)
+        if view.encode is not None:  # the same numbers, the cached part run once per image instead of once per step
+            ep = dataclasses.replace(ep, support_x=view.encode(ep.support_x), query_x=view.encode(ep.query_x))
+        spec = self.inner_spec(view.forward, create_graph=self.use_second_order(iteration),
+                               functional_grad=functional_grad)
+        trajectory = inner_loop(spec, params, ep.support_x, ep.support_y, ep.support_ignore, self.inner_steps)
+        return self.query_loss(view.forward, trajectory, ep, iteration)
 
     # --- meta-training ------------------------------------------------------------------------------
     def outer_loss(self, batch: MetaBatch, *, iteration: int) -> torch.Tensor:
@@ -186,21 +227,23 @@ class MetaAlgorithm(nn.Module):
                   steps: int, lr_scale: float = 1.0, lr: float | None = None,
                   on_step: Callable[[int, Adapted], None] | None = None) -> Adapted:
         """``steps`` plain inner steps on checked support tensors at ``lr_scale`` x the algorithm's own rates (or
-        one rate ``lr``); ``on_step(k, adapted_k)`` sees the weights after every step k = 1..steps."""
+        one rate ``lr``); ``on_step(k, adapted_k)`` sees the weights after every step k = 1..steps. Built from the
+        hooks ``task_start``, ``inner_view`` and ``adapt_steps``: algorithms override those, not this."""
         rates = self._rates(steps, lr, lr_scale)
         params, forward = self.params_and_forward()
         with torch.no_grad():
+            start = {n: p.detach() for n, p in self.task_start(params, support_x, support_y, support_ignore).items()}
             fixed = {k: {n: p.detach() for n, p in self.step_params(min(k, self.inner_steps)).items()}
                      for k in range(steps + 1)}
-        seen = None if on_step is None else (
-            lambda k, p: on_step(k, Adapted(forward, {n: v.detach() for n, v in {**p, **fixed[k]}.items()})))
-        with torch.no_grad():
-            inputs = self.inputs_for(forward, params, support_x)
-        trajectory = inner_loop(forward, params, self.adapt_names, inputs, support_y, support_ignore, steps,
-                                lambda k, n: rates[(k, n)], self.loss_fn, create_graph=False, keep_graph=False,
-                                proximal=self.proximal, step_params=fixed.__getitem__, on_step=seen)
-        final = {n: p.detach() for n, p in {**trajectory[-1], **fixed[steps]}.items()}
-        return Adapted(forward, final)
+            view = self.inner_view(forward, start)
+            inputs = view.inputs(support_x)
+        spec = self.inner_spec(view.forward, lr_for=lambda k, n: rates[(k, n)], keep_graph=False,
+                               step_params=fixed.__getitem__)
+
+        def adapted(k: int, p: Params) -> Adapted:  # the whole network's weights after step k
+            return Adapted(forward, {n: v.detach() for n, v in {**p, **fixed[k]}.items()})
+        seen = None if on_step is None else (lambda k, p: on_step(k, adapted(k, p)))
+        return adapted(steps, self.adapt_steps(spec, start, inputs, support_y, support_ignore, steps, on_step=seen))
 
     def _check_support(self, support_x, support_y, support_ignore):
         """Checked (support_y as support_x's dtype, support_ignore as bool or None)."""

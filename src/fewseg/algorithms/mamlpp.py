@@ -18,6 +18,7 @@ from torch import nn
 from fewseg.algorithms.base import MetaAlgorithm
 from fewseg.algorithms.base import param_key as _key
 from fewseg.algorithms.inner_loop import Params
+from fewseg.algorithms.options import non_default
 from fewseg.data.episode import Episode
 from fewseg.models.norms import NORM_TYPES
 from fewseg.registry import ALGORITHMS
@@ -57,7 +58,7 @@ class MAMLPlusPlus(MetaAlgorithm):
         super().__init__(model, **options)
         if msl_iterations < 0 or first_order_iterations < 0:
             raise ValueError("msl_iterations and first_order_iterations must be >= 0")
-        if self.first_order and first_order_iterations != 50:
+        if self.first_order and non_default(MAMLPlusPlus.__init__, first_order_iterations=first_order_iterations):
             raise ValueError("first_order_iterations (derivative-order annealing) does not apply with "
                              "first_order=True (every iteration is first order)")
         self.multi_step_loss, self.msl_iterations = bool(multi_step_loss), int(msl_iterations)

@@ -1,9 +1,12 @@
 """The options of the MAML family, declared: each algorithm names the options it honours and refuses the rest.
 
-``CORE_OPTIONS`` are the options of ``MetaAlgorithm`` (MAML) with their defaults. An algorithm class declares
-``OPTIONS`` (the names it honours: core ones plus its own) and ``FIXED`` (core options it always sets itself,
-e.g. FOMAML's ``first_order=True``). A core option outside ``OPTIONS`` may only be passed at its default (or its
-fixed value): anything else is refused in one line naming the option, never silently ignored.
+``CORE_OPTIONS`` are the options of ``MetaAlgorithm`` (MAML) with their defaults, and ``CORE_RULES`` the value
+each must have: the one definition that ``fewseg.config`` (the ``algorithm`` section of a config) derives its
+defaults and checks from. An algorithm class declares ``OPTIONS`` (the names it honours: core ones plus its own)
+and ``FIXED`` (core options it always sets itself, e.g. FOMAML's ``first_order=True``). A core option outside
+``OPTIONS`` may only be passed at its default (or its fixed value): anything else is refused in one line naming
+the option, never silently ignored. An algorithm's own options are the keywords of its ``__init__``, their
+defaults the keywords' defaults (:func:`non_default` reads them from there).
 
 Example:
     >>> from fewseg.algorithms.options import resolve_options
@@ -12,7 +15,13 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
+from collections.abc import Callable
+
 from fewseg.choices import STRATEGIES
+from fewseg.losses import LOSSES
 
 CORE_OPTIONS: dict[str, object] = {
     "inner_steps": 5,            # K inner SGD steps on the support loss
@@ -31,7 +40,38 @@ CORE_OPTIONS: dict[str, object] = {
     "frequency_power": 1.0,      # class-frequency weighting: w ~ n_c ** -power
     "inner_checkpoint": False,   # recompute inner steps in the backward (memory flat in K)
     "checkpoint_images": 0,      # with inner_checkpoint: images per pass (0 = whole sets)
+    "cache_encoder": True,       # inputs the inner loop leaves alone computed once per task (the same numbers):
+                                 # the encoder's features where the model splits (encoder_prefix) and no encoder
+                                 # parameter adapts; ANIL on models without that split: the body's features
 }
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+# option -> (test of a value, what a value must be): checked by MetaAlgorithm and by the config's algorithm section
+CORE_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "inner_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "inner_lr": (lambda v: _is_number(v) and 0 < v < math.inf, "a number > 0 and finite"),
+    "first_order": (lambda v: isinstance(v, bool), "true or false"),
+    "loss": (lambda v: v in LOSSES, "one of " + ", ".join(LOSSES)),
+    "strategy": (lambda v: v in STRATEGIES, "one of " + ", ".join(STRATEGIES)),
+    "task_chunk": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "eval_steps": (lambda v: v is None or (_is_int(v) and v >= 0), "an integer >= 0 or null"),
+    "proximal": (lambda v: _is_number(v) and 0 <= v < math.inf, "a number >= 0 and finite"),
+    "cache_encoder": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def core_problem(name: str, value: object) -> str | None:
+    """What ``value`` of core option ``name`` must be, if it is not (None when it is fine or unchecked here)."""
+    rule = CORE_RULES.get(name)
+    return None if rule is None or rule[0](value) else rule[1]
 
 
 def resolve_options(algorithm: str, supported: frozenset[str], fixed: dict, given: dict) -> dict:
@@ -50,21 +90,13 @@ def resolve_options(algorithm: str, supported: frozenset[str], fixed: dict, give
 
 
 def check_core_values(o: dict) -> None:
-    """Range checks of the core options, each error naming the option."""
-    if not _is_int(o["inner_steps"]) or o["inner_steps"] < 0:
-        raise ValueError(f"inner_steps must be an integer >= 0, got {o['inner_steps']!r}")
-    if not o["inner_lr"] > 0:
-        raise ValueError(f"inner_lr must be > 0, got {o['inner_lr']!r}")
-    if o["strategy"] not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {o['strategy']!r}")
-    if not _is_int(o["task_chunk"]) or o["task_chunk"] < 0:
-        raise ValueError(f"task_chunk must be an integer >= 0, got {o['task_chunk']!r}")
+    """Value checks of the core options (``CORE_RULES``, then the combinations), each error naming the option."""
+    for name in CORE_RULES:
+        want = core_problem(name, o[name])
+        if want is not None:
+            raise ValueError(f"{name} must be {want}, got {o[name]!r}")
     if o["task_chunk"] and o["strategy"] == "loop":
         raise ValueError("task_chunk applies to strategy 'vmap' (or 'auto' on CUDA), not to strategy 'loop'")
-    if o["eval_steps"] is not None and (not _is_int(o["eval_steps"]) or o["eval_steps"] < 0):
-        raise ValueError(f"eval_steps must be an integer >= 0, got {o['eval_steps']!r}")
-    if not o["proximal"] >= 0:
-        raise ValueError(f"proximal must be >= 0, got {o['proximal']!r}")
     if o["inner_checkpoint"] and o["strategy"] == "vmap":
         raise ValueError("inner_checkpoint processes tasks one at a time: use strategy 'loop' or 'auto'")
     images = o["checkpoint_images"]
@@ -73,8 +105,17 @@ def check_core_values(o: dict) -> None:
                          f"checkpoint_images={images}, inner_checkpoint={o['inner_checkpoint']}")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def non_default(init: Callable, **values) -> list[str]:
+    """The names among ``values`` whose value differs from the default that ``init`` (an algorithm's
+    ``__init__``) declares for that keyword: the one place an algorithm's own defaults are written.
+
+    Example:
+        >>> def __init__(self, model, memory_slots: int = 8, modulate_pattern=None): ...
+        >>> non_default(__init__, memory_slots=8, modulate_pattern="^up")
+        ['modulate_pattern']
+    """
+    params = inspect.signature(init).parameters
+    return [name for name, value in values.items() if not _same(value, params[name].default)]
 
 
 def _same(a, b) -> bool:

@@ -54,8 +54,8 @@ def task_gradients(algo: MetaAlgorithm, ep: Episode, meta_params: list[torch.Ten
             def loss_fn(logits, _target, _ignore):  # the whole set's loss, only this piece's logits live
                 return algo.loss_fn(torch.cat([fixed[:lo], logits, fixed[hi:]]), y, ign)
             xs, proximal = x[lo:hi], (algo.proximal if lo == 0 else 0.0)  # the proximal term once
-        return inner_step(forward, {**params, **phi}, names, xs, y, ign, k, algo.lr_for, loss_fn,
-                          create_graph, proximal=proximal, anchor=params, step_params=algo.step_params)
+        spec = algo.inner_spec(forward, loss_fn=loss_fn, create_graph=create_graph, proximal=proximal)
+        return inner_step(spec, {**params, **phi}, xs, y, ign, k, anchor=params)
 
     def pieced_step(k: int, phi: Params) -> Params:  # first order, one piece's graph at a time
         with torch.no_grad():

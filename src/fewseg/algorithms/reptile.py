@@ -4,7 +4,8 @@
 rate epsilon (``train.outer_optimizer: sgd``, ``train.outer_lr: epsilon``) is then exactly the Reptile update.
 The inner loop runs on each task's support and query images together (Reptile has no query loss), tasks one at a
 time, first order by nature: the options that shape a second-order graph (strategy, task_chunk, proximal,
-inner_checkpoint, weight_grad) are refused. At test time the same inner optimiser adapts.
+inner_checkpoint, weight_grad) are refused. At test time the same inner optimiser adapts (``adapt_steps``, the
+one hook Reptile's test time overrides).
 """
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from typing import ClassVar
 
 import torch
 
-from fewseg.algorithms.adapted import Adapted
 from fewseg.algorithms.base import MetaAlgorithm
-from fewseg.algorithms.inner_loop import inner_loop
+from fewseg.algorithms.inner_loop import InnerLoopSpec, Params
 from fewseg.choices import INNER_OPTIMIZERS
 from fewseg.data.episode import MetaBatch
 from fewseg.distributed import SINGLE, ProcessGroup
@@ -26,7 +26,7 @@ class Reptile(MetaAlgorithm):
     """Reptile with an SGD (default) or Adam inner optimiser (``inner_optimizer``)."""
 
     OPTIONS = frozenset({"inner_steps", "inner_lr", "loss", "eval_steps", "adapt_pattern", "batchnorm",
-                         "task_weighting", "weight_temperature", "frequency_power", "inner_optimizer"})
+                         "task_weighting", "weight_temperature", "frequency_power", "cache_encoder", "inner_optimizer"})
     FIXED: ClassVar[dict] = {"first_order": True, "strategy": "loop"}
 
     def __init__(self, model, inner_optimizer: str = "sgd", **options):
@@ -35,20 +35,20 @@ class Reptile(MetaAlgorithm):
             raise ValueError(f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner_optimizer!r}")
         self.inner_optimizer = inner_optimizer
 
-    def _steps(self, params, forward, x, y, ign, steps: int, lr_for, on_step=None) -> dict:
-        """``steps`` steps of the inner optimiser from ``params`` (no graph); the adapted weights. Encoder features
-        are computed once when the encoder does not adapt (``encoder_is_fixed``; Reptile then never moves it)."""
-        with torch.no_grad():
-            x = self.inputs_for(forward, params, x)
+    def adapt_steps(self, spec: InnerLoopSpec, params: Params, x, y, ignore, steps: int, on_step=None) -> Params:
+        """``steps`` steps of the inner optimiser from ``params`` (no graph): SGD (the shared inner loop) or Adam at
+        rate ``spec.lr_for(0, ...)``; the adapted weights."""
         if self.inner_optimizer == "sgd":
-            return inner_loop(forward, params, self.adapt_names, x, y, ign, steps, lr_for, self.loss_fn,
-                              create_graph=False, keep_graph=False, on_step=on_step)[-1]
-        phi = {n: p.detach().clone().requires_grad_(n in self.adapt_names) for n, p in params.items()}
-        opt = torch.optim.Adam([phi[n] for n in self.adapt_names], lr=float(lr_for(0, self.adapt_names[0])))
+            return super().adapt_steps(spec, params, x, y, ignore, steps, on_step)
+        names = list(spec.adapt_names)
+        phi = {n: p.detach().clone().requires_grad_(n in names) for n, p in params.items()}
+        if steps == 0:
+            return phi
+        opt = torch.optim.Adam([phi[n] for n in names], lr=float(spec.lr_for(0, names[0])))
         with torch.enable_grad():
             for k in range(steps):
                 opt.zero_grad()
-                self.loss_fn(forward(phi, x), y, ign).backward()
+                spec.loss_fn(spec.forward(phi, x), y, ignore).backward()
                 opt.step()
                 if on_step is not None:
                     on_step(k + 1, phi)
@@ -57,6 +57,8 @@ class Reptile(MetaAlgorithm):
     def adapted_weights(self, batch: MetaBatch, tasks: range | None = None) -> tuple[dict[int, dict], torch.Tensor]:
         """{task: phi_i} (no graph) for ``tasks`` (default: all) and the loss [T] after adaptation (0 elsewhere)."""
         params, forward = self.params_and_forward()
+        view = self.inner_view(forward, params)  # encoder features once per task when the encoder stays fixed
+        spec = self.inner_spec(view.forward, keep_graph=False)
         phis, losses = {}, torch.zeros(batch.num_tasks, dtype=torch.float64)  # exact weights (1/3, not float32's)
         for i in range(batch.num_tasks) if tasks is None else tasks:
             ep = batch.task(i)
@@ -64,10 +66,10 @@ class Reptile(MetaAlgorithm):
             y = torch.cat([ep.support_y, ep.query_y])
             ign = None if ep.support_ignore is None else torch.cat([ep.support_ignore, ep.query_ignore])
             with torch.no_grad():
-                x = self.inputs_for(forward, params, x)  # encoder features, once, when the encoder stays fixed
-            phi = self._steps(params, forward, x, y, ign, self.inner_steps, self.lr_for)
+                x = view.inputs(x)
+            phi = self.adapt_steps(spec, params, x, y, ign, self.inner_steps)
             with torch.no_grad():
-                losses[i] = float(self.loss_fn(forward(phi, x), y, ign))
+                losses[i] = float(self.loss_fn(view.forward(phi, x), y, ign))
             phis[i] = {n: phi[n].detach() for n in self.adapt_names}
         return phis, losses
 
@@ -96,14 +98,3 @@ class Reptile(MetaAlgorithm):
                         if phis else torch.zeros_like(p)
                 p.grad = pseudo if p.grad is None else p.grad + pseudo
         return {"loss": float((w * losses).sum()), "task_losses": losses.tolist(), "task_weights": w.tolist()}
-
-    def adapt_run(self, support_x, support_y, support_ignore, steps, lr_scale=1.0, lr=None, on_step=None) -> Adapted:
-        if self.inner_optimizer == "sgd":
-            return super().adapt_run(support_x, support_y, support_ignore, steps, lr_scale, lr, on_step)
-        self._rates(steps, lr, lr_scale)  # checks steps
-        params, forward = self.params_and_forward()
-        rate = self.inner_lr * lr_scale if lr is None else lr
-        seen = None if on_step is None else (
-            lambda k, phi: on_step(k, Adapted(forward, {n: p.detach() for n, p in phi.items()})))
-        phi = self._steps(params, forward, support_x, support_y, support_ignore, steps, lambda k, n: rate, seen)
-        return Adapted(forward, {n: p.detach() for n, p in phi.items()})

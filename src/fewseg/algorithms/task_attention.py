@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from hashlib import blake2b
 
@@ -67,10 +67,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewseg.algorithms.adapted import Adapted
 from fewseg.algorithms.base import MetaAlgorithm
-from fewseg.algorithms.inner_loop import Params, inner_loop
-from fewseg.data.episode import Episode, MetaBatch
+from fewseg.algorithms.inner_loop import Params
+from fewseg.algorithms.options import non_default
+from fewseg.data.episode import MetaBatch
 from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.models.norms import NORM_TYPES
 from fewseg.registry import ALGORITHMS
@@ -155,12 +155,9 @@ class TaskAttention(MetaAlgorithm):
                 raise TypeError(f"{key} must be true or false, got {value!r}")
         self.modulation = modulation
         if not modulation:
-            given = {"memory_slots": (memory_slots, 8), "batch_attention": (batch_attention, False),
-                     "modulate_pattern": (modulate_pattern, None),
-                     "attention_temperature": (attention_temperature, 0.1)}
-            for key, (value, default) in given.items():
-                if value != default:
-                    raise ValueError(f"{key} applies only with modulation=True (modulation=False is plain MAML)")
+            for key in non_default(TaskAttention.__init__, memory_slots=memory_slots, batch_attention=batch_attention,
+                                   modulate_pattern=modulate_pattern, attention_temperature=attention_temperature):
+                raise ValueError(f"{key} applies only with modulation=True (modulation=False is plain MAML)")
         self.memory_slots, self.batch_attention = int(memory_slots), bool(batch_attention) and modulation
         self.temperature = float(attention_temperature)
         self._context: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # batch attention, one step
@@ -286,12 +283,16 @@ class TaskAttention(MetaAlgorithm):
         support_y, support_ignore = self._check_support(support_x, support_y, support_ignore)
         return self.relations(self.represent(support_x, support_y, support_ignore))[0]
 
-    # --- meta-training --------------------------------------------------------------------------------
-    def task_loss(self, forward, params: Params, ep: Episode, iteration: int, functional_grad: bool) -> torch.Tensor:
-        if self.modulation:
-            params = self.modulate(params, ep.support_x, ep.support_y, ep.support_ignore, context=True)
-        return super().task_loss(forward, params, ep, iteration, functional_grad)
+    # --- the hook: phi_0 of a task, at meta-training and at test time -----------------------------------
+    def task_start(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                   support_ignore: torch.Tensor | None) -> Params:
+        """The task's modulation of ``params`` from its support set: over the memory, and over the batch's other
+        tasks while ``meta_backward`` / ``outer_loss`` hold a batch context (``batch_attention``)."""
+        if not self.modulation:
+            return params
+        return self.modulate(params, support_x, support_y, support_ignore, context=True)
 
+    # --- meta-training --------------------------------------------------------------------------------
     @contextmanager
     def _batch_context(self, batch: MetaBatch) -> Iterator[None]:
         """With ``batch_attention`` while training: every task's representation (no graph), for the whole step."""
@@ -315,24 +316,6 @@ class TaskAttention(MetaAlgorithm):
     def meta_backward(self, batch: MetaBatch, *, iteration: int, group: ProcessGroup = SINGLE) -> dict:
         with self._batch_context(batch):
             return super().meta_backward(batch, iteration=iteration, group=group)
-
-    # --- test time ------------------------------------------------------------------------------------
-    def adapt_run(self, support_x: torch.Tensor, support_y: torch.Tensor, support_ignore: torch.Tensor | None,
-                  steps: int, lr_scale: float = 1.0, lr: float | None = None,
-                  on_step: Callable[[int, Adapted], None] | None = None) -> Adapted:
-        """The task's modulation from its support set (memory only), then ``steps`` plain inner steps."""
-        if not self.modulation:
-            return super().adapt_run(support_x, support_y, support_ignore, steps, lr_scale, lr, on_step)
-        rates = self._rates(steps, lr, lr_scale)
-        params, forward = self.params_and_forward()
-        with torch.no_grad():
-            start = {n: p.detach() for n, p in self.modulate(params, support_x, support_y, support_ignore).items()}
-        seen = None if on_step is None else (
-            lambda k, p: on_step(k, Adapted(forward, {n: v.detach() for n, v in p.items()})))
-        trajectory = inner_loop(forward, start, self.adapt_names, support_x, support_y, support_ignore, steps,
-                                lambda k, n: rates[(k, n)], self.loss_fn, create_graph=False, keep_graph=False,
-                                proximal=self.proximal, on_step=seen)
-        return Adapted(forward, {n: p.detach() for n, p in trajectory[-1].items()})
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def extra_state(self) -> dict:

@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fewseg.algorithms.options import CORE_OPTIONS
 from fewseg.choices import TASK_WEIGHTINGS
 
 
 @dataclass(frozen=True)
 class TaskWeighting:
-    kind: str = "uniform"
-    temperature: float = 1.0                                       # "hard" only
-    with_grad: bool = False                                        # "hard" only
-    power: float = 1.0                                             # "class-frequency" only
+    kind: str = CORE_OPTIONS["task_weighting"]
+    temperature: float = CORE_OPTIONS["weight_temperature"]       # "hard" only
+    with_grad: bool = CORE_OPTIONS["weight_grad"]                 # "hard" only
+    power: float = CORE_OPTIONS["frequency_power"]                # "class-frequency" only
     class_counts: dict[int, int] = field(default_factory=dict)    # images per training class id
 
     def __post_init__(self):
@@ -34,10 +35,10 @@ class TaskWeighting:
             raise ValueError(f"task_weighting must be one of {', '.join(TASK_WEIGHTINGS)}, got {self.kind!r}")
         if not self.temperature > 0:
             raise ValueError(f"weight_temperature must be > 0, got {self.temperature}")
-        for option, default, owner in (("weight_temperature", self.temperature == 1.0, "hard"),
-                                       ("weight_grad", not self.with_grad, "hard"),
-                                       ("frequency_power", self.power == 1.0, "class-frequency")):
-            if not default and self.kind != owner:
+        for option, value, owner in (("weight_temperature", self.temperature, "hard"),
+                                     ("weight_grad", self.with_grad, "hard"),
+                                     ("frequency_power", self.power, "class-frequency")):
+            if value != CORE_OPTIONS[option] and self.kind != owner:
                 raise ValueError(f"{option} applies only to task_weighting='{owner}' (task_weighting is "
                                  f"{self.kind!r})")
 
