@@ -182,6 +182,19 @@ def test_adapt_folder_is_the_api_path(run, seg, tmp_path):
     assert np.array_equal(written, pred.mask)
 
 
+def test_adapt_folder_passes_tile_and_overlap_to_the_segmenter(run, tmp_path):
+    from fewseg.engine.session import adapt_folder
+    from fewseg.tiling import Tiling
+    support = write_support(tmp_path / "support", n=2, size=(60, 80))
+    quiet = {"steps": 1, "log": lambda *a: None}
+    adapt_folder(run, support, save_adapted=tmp_path / "tiled", tile=32, overlap=8, **quiet)
+    assert fewseg.load_adapted(tmp_path / "tiled").tiling == Tiling(32, 8)
+    adapt_folder(run, support, save_adapted=tmp_path / "plain", **quiet)            # None: the default (none)
+    assert fewseg.load_adapted(tmp_path / "plain").tiling is None
+    adapt_folder(run, support, save_adapted=tmp_path / "off", tile=0, **quiet)       # 0: off
+    assert fewseg.load_adapted(tmp_path / "off").tiling is None
+
+
 # --- channels other than 3 ----------------------------------------------------------------------------
 def test_grey_model_trains_evaluates_and_adapts_end_to_end(tmp_path, capsys):
     from fewseg.cli import main

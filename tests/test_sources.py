@@ -18,6 +18,7 @@ import fewseg
 from fewseg.data import io
 from fewseg.data.sources import folder as folder_mod
 from fewseg.data.sources import labelmap as lm
+from fewseg.data.sources import labelmap_scan
 from fewseg.data.sources.folder import FolderDataset, FSS1000Dataset
 from fewseg.data.sources.labelmap import LabelMapDataset, fold_blocks
 from fewseg.data.transforms import JointAugment, resize_pair
@@ -209,6 +210,27 @@ def test_joint_augment_keeps_image_and_mask_aligned_and_is_deterministic():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], c[0])
     assert float(a[0].min()) >= 0 and float(a[0].max()) <= 1
+
+
+def test_joint_augment_crop_area_zooms_in_aligned_and_replays_from_the_generator():
+    image, mask, ignore = _asymmetric_sample()
+    aug = JointAugment(flip=False, scale=None, colour=0.0, crop_area=(0.5, 0.7), crop_aspect=(3 / 4, 4 / 3))
+    changed = 0
+    for seed in range(6):
+        im2, m2, i2 = aug(image, mask, ignore, torch.Generator().manual_seed(seed))
+        again = aug(image, mask, ignore, torch.Generator().manual_seed(seed))
+        assert all(torch.equal(a, b) for a, b in zip((im2, m2, i2), again))
+        assert im2.shape == image.shape and m2.shape == mask.shape and i2.dtype == torch.bool
+        assert set(torch.unique(m2).tolist()) <= {0.0, 1.0} and not i2.any()  # a crop adds no ignore border
+        assert ((im2[0] > 0.5) == (m2[0] > 0.5)).float().mean() > 0.9
+        changed += not torch.equal(m2, mask)
+    assert changed == 6  # 50-70% of the area, resized back: never the input itself
+    for bad in ({"crop_area": (0.5, 1.5)}, {"crop_area": (0.0, 0.5)}, {"crop_aspect": (2.0, 1.0)}):
+        with pytest.raises(ValueError):
+            JointAugment(**bad)
+    grey = JointAugment(colour=0.3, crop_area=(0.6, 1.0))(torch.rand(1, 32, 32), mask, ignore,
+                                                         torch.Generator().manual_seed(0))
+    assert grey[0].shape == (1, 32, 32) and 0 <= float(grey[0].min()) <= float(grey[0].max()) <= 1
 
 
 # --- class folders ------------------------------------------------------------------------------------
@@ -448,8 +470,8 @@ def test_labelmap_scan_is_cached_in_memory_and_on_disk(lm_root, monkeypatch, tmp
 
     def boom(path):
         raise AssertionError("label maps were scanned again")
-    monkeypatch.setattr(lm, "_fractions_of", boom)
-    lm._scan.cache_clear()  # drop the in-memory cache: the disk copy must serve
+    monkeypatch.setattr(labelmap_scan, "_fractions_of", boom)
+    labelmap_scan._scan.cache_clear()  # drop the in-memory cache: the disk copy must serve
     assert LabelMapDataset(lm_root, split="all").usable == [1, 2, 3, 4, 5, 6]
     time.sleep(0.01)
     Image.fromarray(np.zeros((24, 32), np.uint8), "L").save(lm_root / "labels" / "img000.png")
@@ -570,3 +592,31 @@ def test_real_ccp_meta_train_then_cross_dataset_camvid_at_original_resolution(tm
                                      data_root=str(camvid), log=lambda *_: None)
     assert record["scored_at"] == "original label resolution"
     assert 0 <= record["results"]["1"]["maml"]["miou"] <= 1
+
+
+# --- one pairing rule for class folders and support folders -------------------------------------------------
+def test_class_folders_and_support_folders_pair_images_and_masks_by_one_rule(tmp_path):
+    from fewseg.data.pairing import pair_images
+    from fewseg.engine.session import find_support_pairs
+    d = tmp_path / "root" / "cls"
+    d.mkdir(parents=True)
+    fg = (np.eye(6, dtype=np.uint8) * 255)
+    for name in ("a.jpg", "a.png", "a_mask.png", "b.png", "b_mask.png", "c.jpg", "c.PNG", "d.jpeg", ".e.png",
+                 "f_mask.png", "notes.txt"):
+        Image.fromarray(fg).save(d / name, "PNG")
+    (d / "g.png").mkdir()                                             # a folder named like an image
+    pairs = pair_images(d)
+    assert [(i.name, m and m.name) for i, m in pairs] == [("a.jpg", "a_mask.png"), ("b.png", "b_mask.png"),
+                                                          ("c.jpg", "c.PNG"), ("d.jpeg", None)]
+    with pytest.warns(UserWarning, match="without a mask: d.jpeg"):
+        ds = FolderDataset(tmp_path / "root", split="all", image_size=8)
+    assert sorted((img, mask) for _, img, mask in ds._paths.values()) == [(i, m) for i, m in pairs if m]
+    with pytest.raises(DataError, match=r"d\.jpeg has no mask \(looked for .*d_mask\.png, .*d\.png\)"):
+        find_support_pairs(d)
+    (d / "d.jpeg").unlink()
+    assert find_support_pairs(d) == [(i, m) for i, m in pairs if m]
+    (d / "masks").mkdir()                                             # masks/<stem>.png instead
+    Image.fromarray(fg).save(d / "masks" / "a.png")
+    with pytest.raises(DataError, match=r"b\.png has no mask \(looked for .*masks/b\.png\)"):
+        find_support_pairs(d)
+    assert pair_images(d, d / "masks")[0] == (d / "a.jpg", d / "masks" / "a.png")

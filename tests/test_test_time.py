@@ -197,6 +197,20 @@ def test_augmented_views_are_deterministic_under_a_seed_and_keep_masks_aligned()
     assert a.info["support_images"] == 4 and all(torch.equal(a.params[n], b.params[n]) for n in a.params)
 
 
+def test_augmented_views_are_the_training_augmentation_with_a_crop_range():
+    from fewseg.algorithms.test_time import VIEW_AUGMENT
+    from fewseg.data.transforms import JointAugment
+    assert isinstance(VIEW_AUGMENT, JointAugment) and VIEW_AUGMENT.scale is None
+    assert VIEW_AUGMENT.flip and VIEW_AUGMENT.crop_area == (0.6, 1.0) and VIEW_AUGMENT.colour == 0.2
+    x, y = _support(n=2, size=20)
+    xs, ys, igs = augment_views(x, y, None, 2, seed=3)
+    assert igs is None and xs.shape == (6, 3, 20, 20)                 # a crop adds no ignore pixel
+    g, ign = torch.Generator().manual_seed(3), torch.zeros(1, 20, 20, dtype=torch.bool)
+    for k in range(2, 6):                                             # view by view, image by image
+        xk, yk, _ = VIEW_AUGMENT(x[k % 2], y[k % 2], ign, g)
+        assert torch.equal(xs[k], xk) and torch.equal(ys[k], yk)
+
+
 def test_learned_rates_are_used_as_learned():
     torch.manual_seed(0)
     algo = fewseg.create_algorithm("meta-sgd", fewseg.create_model("seed-cnn", width=4), inner_steps=1,

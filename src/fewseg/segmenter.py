@@ -1,10 +1,19 @@
 """The user's API: load a meta-trained checkpoint, adapt it to a new class from a few labelled images, predict.
 
 ``fewseg.load(checkpoint)`` -> :class:`Segmenter`; ``seg.adapt(images, masks)`` -> :class:`AdaptedSegmenter`;
-``adapted.predict(images)`` -> one :class:`Prediction` per image, at that image's own size. Images and masks
+``adapted.predict(images)`` -> one :class:`Prediction` per image, at that image's own size (the adapted model
+and its results live in :mod:`fewseg.adapted` and are re-exported here). Images and masks
 come in any form :mod:`fewseg.inputs` accepts (paths, PIL images, arrays, tensors; mixed sizes), prepared as in
 meta-training (:mod:`fewseg.preprocess`). ``adapted.save(path)`` and ``fewseg.load_adapted(path)`` keep an
 adapted model (safetensors + JSON, :mod:`fewseg.saved`), so a class is adapted once and used many times.
+
+Large images at their own resolution (:mod:`fewseg.tiling`): ``tile=T`` (pixels of the original image) and
+``overlap`` (a fraction of the tile below 1, default 0.25, or whole pixels from 1 up) on :func:`load`,
+:meth:`Segmenter.adapt`, :func:`load_adapted` or :meth:`AdaptedSegmenter.predict`. ``adapt`` then learns from
+T x T patches of the support images (those with foreground plus as many background ones, at most
+``max_patches``) and ``predict`` segments T x T windows in batches, blending their overlaps; the adapted model
+keeps the setting (and ``save`` records it). ``tile=None`` (the default) resizes each whole image to the
+network's size as before; an image that fits in one tile is always predicted whole.
 
 Example (a tiny untrained model; a real one is ``fewseg.load("runs/demo")``):
     >>> import numpy as np, tempfile, fewseg
@@ -24,63 +33,54 @@ Example (a tiny untrained model; a real one is ``fewseg.load("runs/demo")``):
 """
 from __future__ import annotations
 
-import copy
 import json
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 import fewseg.algorithms  # noqa: F401  (registers the algorithms)
+from fewseg.adapted import AdaptedSegmenter, Prediction, load_adapted, network_with  # noqa: F401  (the API's)
+from fewseg.algorithms.test_time import adapt_with_plan
+from fewseg.data.episode import check_unit_range
+from fewseg.data.io import image_size
+from fewseg.data.pairing import check_pair
 from fewseg.errors import DataError
-from fewseg.inputs import as_image, as_list, as_mask, describe, is_batch
+from fewseg.inputs import as_image, as_list, as_mask, describe, is_path
 from fewseg.loading import load_algorithm
 from fewseg.models import input_channels
 from fewseg.preprocess import Preprocessing
 from fewseg.ready import is_ready_name, ready_parts
 from fewseg.registry import ALGORITHMS, MODELS
-from fewseg.saved import read_adapted
+from fewseg.tiling import (
+    DEFAULT_MAX_PATCHES,
+    INHERIT,
+    Tiling,
+    patch_flags,
+    resolve,
+    select_patches,
+    support_patch,
+)
 
 MAX_SHOTS = 10  # the documented range of support images (the recipes meta-train 5-shot tasks)
-
-
-@dataclass
-class Prediction:
-    """One image's result at its own size: ``probabilities`` float32 [H,W], ``mask`` bool [H,W] (p > threshold)."""
-
-    probabilities: np.ndarray
-    threshold: float
-    mask: np.ndarray = field(init=False)
-
-    def __post_init__(self):
-        self.mask = self.probabilities > self.threshold
-
-    @property
-    def foreground_fraction(self) -> float:
-        return float(self.mask.mean()) if self.mask.size else 0.0
-
-    @property
-    def confidence(self) -> float:
-        """Mean probability of the label given to each pixel (1: certain everywhere, 0.5: a coin toss)."""
-        p = self.probabilities
-        return float(np.maximum(p, 1.0 - p).mean()) if p.size else 1.0
 
 
 class Segmenter:
     """A meta-trained model that adapts to a new class: :func:`load` makes one from a checkpoint."""
 
     def __init__(self, algorithm, preprocessing: Preprocessing, threshold: float = 0.5,
-                 model_config: dict | None = None, source: str = "", device: str | torch.device = "cpu"):
+                 model_config: dict | None = None, source: str = "", device: str | torch.device = "cpu",
+                 tile: int | None = INHERIT, overlap: float = INHERIT):
         self.algorithm = algorithm.eval()
         self.preprocessing, self.threshold = preprocessing, float(threshold)
         self.model_config = model_config or {}
         self.source, self.device = source, torch.device(device)
+        # tile None (the default): whole images, resized to the network's input
+        self.tiling: Tiling | None = resolve(None, tile, overlap)
 
     @classmethod
     def untrained(cls, model: str = "unet", options: dict | None = None, image_size: int = 64,
@@ -106,110 +106,118 @@ class Segmenter:
     def prepare_support(self, images: Any, masks: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
         """(x [S,C,s,s], y [S,1,s,s], ignore [S,1,s,s], names) from support images and masks."""
         images, masks = as_list(images), as_list(masks)
-        if len(images) != len(masks):
-            raise DataError(f"{len(images)} support images but {len(masks)} masks: give one mask per image")
-        if not images:
-            raise DataError("adaptation needs at least one support image with its mask")
-        if len(images) > MAX_SHOTS:
-            warnings.warn(f"{len(images)} support images: fewseg models are meta-trained on 1-{MAX_SHOTS} "
-                          f"(the recipes: 5); more images slow adaptation and may not help", UserWarning,
-                          stacklevel=3)
+        self._check_counts(images, masks)
+        self._warn_many(len(images))
         xs, ys, igs, names = [], [], [], []
-        for i, (img, msk) in enumerate(zip(images, masks)):
-            name, mname = describe(img, f"support image {i}"), describe(msk, f"support mask {i}")
-            arr = as_image(img, name)
-            fg, ign = as_mask(msk, mname)
-            if fg.shape != arr.shape[:2]:
-                raise DataError(f"{mname} is {fg.shape[1]}x{fg.shape[0]} but {name} is "
-                                f"{arr.shape[1]}x{arr.shape[0]}")
-            if not fg.any():
-                raise DataError(f"{mname} has no foreground pixel")
+        for arr, fg, ign, name in self._support_arrays(images, masks):
             y, ig = self.preprocessing.mask(fg, ign)
             xs.append(self.preprocessing.image(arr, name=name)), ys.append(y), igs.append(ig), names.append(name)
         return torch.stack(xs), torch.stack(ys), torch.stack(igs), names
 
-    def adapt(self, images: Any, masks: Any, steps: int | None = None) -> AdaptedSegmenter:
+    @staticmethod
+    def _warn_many(n: int) -> None:
+        if n > MAX_SHOTS:
+            warnings.warn(f"{n} support images: fewseg models are meta-trained on 1-{MAX_SHOTS} "
+                          f"(the recipes: 5); more images slow adaptation and may not help", UserWarning,
+                          stacklevel=4)
+
+    @staticmethod
+    def _support_arrays(images: list, masks: list) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, str]]:
+        """(image [H,W,C], fg bool [H,W], ignore bool [H,W], name) of each support pair, checked, one at a time."""
+        for i, (img, msk) in enumerate(zip(images, masks)):
+            name, mname = describe(img, f"support image {i}"), describe(msk, f"support mask {i}")
+            arr = as_image(img, name)
+            fg, ign = as_mask(msk, mname)
+            check_pair(arr, fg, name, mname)
+            yield arr, fg, ign, name
+
+    def prepare_support_patches(self, images: Any, masks: Any, tiling: Tiling, max_patches: int = DEFAULT_MAX_PATCHES,
+                                keep: str = "foreground", seed: int = 0,
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list, list]:
+        """(x [P,C,s,s], y [P,1,s,s], ignore [P,1,s,s], names, chosen) from support images cut into
+        ``tiling.tile``-pixel patches (:mod:`fewseg.tiling`): every patch with foreground plus as many background
+        ones (``keep="all"``: every patch), at most ``max_patches``, drawn by a generator seeded by ``seed``;
+        ``chosen`` lists (image index, patch box)."""
+        images, masks = as_list(images), as_list(masks)
+        self._check_counts(images, masks)
+        pairs = list(self._support_arrays(images, masks))
+        boxes = [patch_flags(fg, tiling.tile) for _, fg, _, _ in pairs]
+        chosen = select_patches([[has for _, has in row] for row in boxes], keep, max_patches, seed)
+        xs, ys, igs = [], [], []
+        for i, j in chosen:
+            arr, fg, ign, name = pairs[i]
+            x, y, ig = support_patch(arr, fg, ign, boxes[i][j][0], self.preprocessing.image_size,
+                                     self.preprocessing.channels, name)
+            xs.append(x), ys.append(y), igs.append(ig)
+        names = [name for _, _, _, name in pairs]
+        return (torch.stack(xs), torch.stack(ys), torch.stack(igs), names,
+                [(i, boxes[i][j][0]) for i, j in chosen])
+
+    def _check_counts(self, images: list, masks: list) -> None:
+        if len(images) != len(masks):
+            raise DataError(f"{len(images)} support images but {len(masks)} masks: give one mask per image")
+        if not images:
+            raise DataError("adaptation needs at least one support image with its mask")
+
+    def adapt(self, images: Any, masks: Any, steps: int | None = None, *, tile: int | None = INHERIT,
+              overlap: float = INHERIT, max_patches: int = DEFAULT_MAX_PATCHES,
+              patches: str = "foreground") -> AdaptedSegmenter:
         """Adapt to the class marked in ``masks`` (one per image, 1-10 images): the adapted model.
 
         steps: inner steps (None: the checkpoint's test-time plan for this many images, chosen on validation
         classes when it was trained with ``eval.tune``; else its ``eval_steps``).
+        tile, overlap: large images at their own resolution (default: this segmenter's ``tiling``; ``tile=None``:
+        none). When a support image is larger than the tile, adaptation runs on ``tile``-pixel patches of the
+        support images (``patches="foreground"``: every patch with foreground plus as many background ones;
+        ``"all"``: every patch; at most ``max_patches``) with the plan's step count and rate for this many
+        *images* (no augmented views or leave-one-out: the patches are the data); support images that all fit in
+        one tile adapt as without tiling. The adapted model predicts with the same tiling.
         """
-        x, y, ignore, names = self.prepare_support(images, masks)
+        tiling = resolve(self.tiling, tile, overlap)
+        images, masks = as_list(images), as_list(masks)
+        patched = tiling is not None and any(not tiling.covers(*_size_of(img, i)) for i, img in enumerate(images))
         t0 = time.perf_counter()
-        adapted = self.algorithm.adapt(x.to(self.device), y.to(self.device), steps=steps,
-                                       support_ignore=ignore.to(self.device))
+        extra: dict = {}
+        if patched:
+            self._check_counts(images, masks)
+            self._warn_many(len(images))
+            x, y, ignore, names, chosen = self.prepare_support_patches(images, masks, tiling, max_patches, patches)
+            check_unit_range("support patches", x)
+            plan = self.algorithm.plan_for(len(names)).override(steps=steps, views=0, leave_one_out=False)
+            adapted = adapt_with_plan(self.algorithm, plan, x.to(self.device), y.to(self.device),
+                                      ignore.to(self.device).bool())
+            extra = {"support_patches": len(chosen), "patches": patches, "max_patches": max_patches}
+        else:
+            x, y, ignore, names = self.prepare_support(images, masks)
+            adapted = self.algorithm.adapt(x.to(self.device), y.to(self.device), steps=steps,
+                                           support_ignore=ignore.to(self.device))
         network = network_with(self.algorithm.model, adapted.params)
         info = {"algorithm": self.algorithm.name, "steps": adapted.info.get("steps", steps),
                 "plan": adapted.info.get("plan"), "shots": len(names), "support": [Path(n).name for n in names],
-                "checkpoint": self.source,
+                "checkpoint": self.source, **extra,
                 "seconds": round(time.perf_counter() - t0, 4)}
-        return AdaptedSegmenter(network, self.preprocessing, self.threshold, self.model_config, info, self.device)
+        return AdaptedSegmenter(network, self.preprocessing, self.threshold, self.model_config, info, self.device,
+                                tiling=tiling)
 
 
-def network_with(model: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:
-    """A copy of ``model`` holding ``params`` (the adapted weights actually used at test time) and its buffers."""
-    net = copy.deepcopy(model)
-    state = {**dict(net.state_dict()), **{n: p.detach() for n, p in params.items()}}
-    net.load_state_dict(state)
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+def _size_of(item: Any, i: int) -> tuple[int, int]:
+    """(H, W) of a support image: from the file header for paths (no decoding), else of its array."""
+    if is_path(item) and Path(item).suffix.lower() != ".npy":
+        w, h = image_size(item)
+        return h, w
+    arr = as_image(item, describe(item, f"support image {i}"))
+    return arr.shape[0], arr.shape[1]
 
 
-class AdaptedSegmenter:
-    """A model adapted to one class: ``predict(images)``, ``save(path)``; :func:`fewseg.load_adapted` reads it back."""
-
-    def __init__(self, network: nn.Module, preprocessing: Preprocessing, threshold: float, model_config: dict,
-                 info: dict | None = None, device: str | torch.device = "cpu", batch_size: int = 8):
-        self.network = network.to(device).eval()
-        self.preprocessing, self.threshold = preprocessing, float(threshold)
-        self.model_config, self.info = dict(model_config), dict(info or {})
-        self.device, self.batch_size = torch.device(device), int(batch_size)
-
-    @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Network-size images [N,C,S,S] in [0,1] -> logits [N,1,S,S], ``batch_size`` images per pass."""
-        return torch.cat([self.network(x[i:i + self.batch_size].to(self.device)).float().cpu()
-                          for i in range(0, x.shape[0], self.batch_size)])
-
-    def predict_iter(self, images: Any, threshold: float | None = None) -> Iterator[Prediction]:
-        """Like :meth:`predict`, one result at a time, decoding ``batch_size`` images at once (bounded memory)."""
-        t = self.threshold if threshold is None else float(threshold)
-        if not 0.0 < t < 1.0:
-            raise DataError(f"threshold must lie strictly between 0 and 1, got {t}")
-        items = as_list(images)
-        for start in range(0, len(items), self.batch_size):
-            chunk, sizes = [], []
-            for i, item in enumerate(items[start:start + self.batch_size], start):
-                name = describe(item, f"image {i}")
-                arr = as_image(item, name)
-                sizes.append(arr.shape[:2])
-                chunk.append(self.preprocessing.image(arr, self.preprocessing.predict_mode, name))
-                del arr
-            logits = self.logits(torch.stack(chunk))
-            for lg, hw in zip(logits, sizes):
-                full = self.preprocessing.to_original(lg[None], hw)
-                yield Prediction(torch.sigmoid(full).numpy(), t)
-
-    def predict(self, images: Any, threshold: float | None = None) -> Prediction | list[Prediction]:
-        """Masks and probabilities at each image's own size: one :class:`Prediction` for one image, a list
-        for a list (or a 4-D batch). ``threshold``: foreground above it (default: the checkpoint's)."""
-        results = list(self.predict_iter(images, threshold))
-        return results if is_batch(images) else results[0]
-
-    def save(self, path: str | Path) -> Path:
-        """Write this adapted model to the directory ``path`` (weights.safetensors + meta.json, atomic)."""
-        from fewseg.saved import save_adapted
-        return save_adapted(self, path)
-
-
-def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Segmenter:
+def load(checkpoint: str | Path, device: str | torch.device = "cpu", *, tile: int | None = INHERIT,
+         overlap: float = INHERIT) -> Segmenter:
     """A :class:`Segmenter` from a run directory (its best, else last checkpoint), a checkpoint directory, or the
-    name of a ready learner that needs no meta-training (``"imagenet-lite0"``: :mod:`fewseg.ready`)."""
+    name of a ready learner that needs no meta-training (``"imagenet-lite0"``: :mod:`fewseg.ready`).
+    ``tile``/``overlap``: large images at their own resolution in adapt and predict (:mod:`fewseg.tiling`)."""
     if is_ready_name(checkpoint):
         algo, preprocessing, model_config = ready_parts(str(checkpoint), device)
-        return Segmenter(algo, preprocessing, 0.5, model_config, source=str(checkpoint), device=device)
+        return Segmenter(algo, preprocessing, 0.5, model_config, source=str(checkpoint), device=device,
+                         tile=tile, overlap=overlap)
     cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
     meta = json.loads((Path(ckpt_dir) / "meta.json").read_text())  # the stored preprocessing (no second weight read)
     prep = meta.get("preprocessing") or {}
@@ -217,10 +225,4 @@ def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Segmente
                                   prep.get("resize") or cfg.data.options.get("resize", "stretch"),
                                   input_channels(algo.model) or 3)
     return Segmenter(algo, preprocessing, cfg.eval.threshold, {"name": cfg.model.name, "options": dict(cfg.model.options)},
-                     source=str(ckpt_dir), device=device)
-
-
-def load_adapted(path: str | Path, device: str | torch.device = "cpu") -> AdaptedSegmenter:
-    """An :class:`AdaptedSegmenter` saved by :meth:`AdaptedSegmenter.save` (checked, never unpickled)."""
-    parts = read_adapted(path)
-    return AdaptedSegmenter(parts.network, parts.preprocessing, parts.threshold, parts.model, parts.info, device)
+                     source=str(ckpt_dir), device=device, tile=tile, overlap=overlap)

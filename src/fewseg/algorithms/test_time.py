@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
+from fewseg.data.transforms import JointAugment
 from fewseg.metrics import IoUAccumulator, binary_stats
 
 DEFAULT_STEPS_GRID = (0, 1, 2, 3, 5, 7, 10, 15, 20)
@@ -104,11 +104,15 @@ def plans_from_dict(d: dict) -> dict[int, AdaptationPlan]:
 
 
 # --- augmented views -----------------------------------------------------------------------------------
+VIEW_AUGMENT = JointAugment(flip=True, scale=None, crop_area=(0.6, 1.0), crop_aspect=(3 / 4, 4 / 3), colour=0.2)
+
+
 def augment_views(x: torch.Tensor, y: torch.Tensor, ignore: torch.Tensor | None, views: int, seed: int = 0):
     """The support set followed by ``views`` augmented copies of it: (x, y, ignore) with S * (1 + views) images.
 
-    Each copy draws, per image, a horizontal flip (p = 0.5), a crop of 60-100% of the area (aspect 3/4-4/3) resized
-    back (bilinear for images, nearest for masks) and brightness / contrast / saturation factors in [0.8, 1.2].
+    Each copy is :data:`VIEW_AUGMENT` (the training augmentation, :class:`~fewseg.data.transforms.JointAugment`)
+    applied per image: a horizontal flip (p = 0.5), a crop of 60-100% of the area (aspect 3/4-4/3) resized back
+    (bilinear for images, nearest for masks) and brightness / contrast / saturation factors in [0.8, 1.2].
     The draws come from a generator seeded by ``seed`` alone: the same inputs and seed give the same views.
     x [S,C,H,W] in [0,1], y [S,1,H,W], ignore [S,1,H,W] bool | None.
     """
@@ -119,34 +123,10 @@ def augment_views(x: torch.Tensor, y: torch.Tensor, ignore: torch.Tensor | None,
     xs, ys, igs = [x], [y], [ign]
     for _ in range(views):
         for i in range(x.shape[0]):
-            xi, yi, gi = _augment_one(x[i], y[i], ign[i], gen)
+            xi, yi, gi = VIEW_AUGMENT(x[i], y[i], ign[i], gen)
             xs.append(xi[None]), ys.append(yi[None]), igs.append(gi[None])
     out_ignore = torch.cat(igs) if ignore is not None or any(g.any() for g in igs) else None
     return torch.cat(xs), torch.cat(ys), out_ignore
-
-
-def _augment_one(x: torch.Tensor, y: torch.Tensor, ignore: torch.Tensor, gen: torch.Generator):
-    """One augmented copy of x [C,H,W], y [1,H,W], ignore [1,H,W]."""
-    def uniform(lo, hi):
-        return lo + (hi - lo) * float(torch.rand((), generator=gen))
-
-    _, h, w = x.shape
-    if float(torch.rand((), generator=gen)) < 0.5:
-        x, y, ignore = x.flip(-1), y.flip(-1), ignore.flip(-1)
-    area, aspect = uniform(0.6, 1.0), math.exp(uniform(math.log(3 / 4), math.log(4 / 3)))
-    ch, cw = min(h, max(1, round(h * math.sqrt(area / aspect)))), min(w, max(1, round(w * math.sqrt(area * aspect))))
-    top, left = int(uniform(0, h - ch + 1 - 1e-9)), int(uniform(0, w - cw + 1 - 1e-9))
-    crop = (slice(None), slice(top, top + ch), slice(left, left + cw))
-    x = F.interpolate(x[crop][None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    y = F.interpolate(y[crop][None].float(), size=(h, w), mode="nearest")[0].to(y.dtype)
-    ignore = F.interpolate(ignore[crop][None].float(), size=(h, w), mode="nearest")[0] > 0.5
-    brightness, contrast, saturation = uniform(0.8, 1.2), uniform(0.8, 1.2), uniform(0.8, 1.2)
-    x = x * brightness
-    x = (x - x.mean()) * contrast + x.mean()
-    if x.shape[0] == 3:
-        gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
-        x = (x - gray) * saturation + gray
-    return x.clamp(0, 1), y, ignore
 
 
 # --- adaptation with a plan ----------------------------------------------------------------------------

@@ -70,7 +70,13 @@ class ChannelView(SegmentationDataset):
         return self.dataset.items(class_id)
 
     def load(self, key: Hashable, class_id: int) -> Sample:
-        s = self.dataset.load(key, class_id)
+        return self._converted(self.dataset.load(key, class_id), key)
+
+    def load_patch(self, key: Hashable, class_id: int, generator=None, role: str = "support") -> Sample:
+        """The dataset's patch of ``key`` (:mod:`fewseg.data.patches`), converted."""
+        return self._converted(self.dataset.load_patch(key, class_id, generator, role), key)
+
+    def _converted(self, s: Sample, key: Hashable) -> Sample:
         return Sample(convert_channels(s.image, self.channels, f"{self.dataset.name} image {key}"), s.mask, s.ignore)
 
     def records(self):

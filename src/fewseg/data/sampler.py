@@ -32,10 +32,16 @@ class EpisodeSampler:
     ``augment(image, mask, ignore, generator)`` is applied per image when given (training only).
     ``class_sampling``: "uniform" over classes, or "images" (proportional to each class's image count, the
     long-tailed distribution that class-frequency task weighting corrects).
+
+    Patches of large images (a dataset with ``patch``, :mod:`fewseg.data.patches`): each image is a random crop
+    drawn with ``self.generator``, holding the class in the support set. ``separate_sources`` (default: the
+    dataset's, on with ``patch``): where several items share a source image (``dataset.source_of``), the support
+    and the query items come from disjoint sets of source images, and a class that cannot fill both is skipped.
     """
 
     def __init__(self, dataset: SegmentationDataset, shots: int = 5, queries: int = 5, seed: int = 0,
-                 strict: bool = False, augment: Callable | None = None, class_sampling: str = "uniform"):
+                 strict: bool = False, augment: Callable | None = None, class_sampling: str = "uniform",
+                 separate_sources: bool | None = None):
         if shots < 1 or queries < 1:
             raise ValueError(f"shots and queries must be >= 1, got shots={shots}, queries={queries}")
         if class_sampling not in CLASS_SAMPLING:
@@ -43,15 +49,30 @@ class EpisodeSampler:
         self.class_sampling = class_sampling
         self.dataset, self.shots, self.queries, self.augment = dataset, shots, queries, augment
         self.generator = torch.Generator().manual_seed(seed)
+        self.patched = getattr(dataset, "patch", None) is not None
+        if separate_sources is None:
+            separate_sources = bool(getattr(dataset, "separate_sources", False))
+        self.separate_sources = bool(separate_sources)
+        source_of = getattr(dataset, "source_of", None) if self.separate_sources else None
         need = shots + queries
         self.classes: list[int] = []
         self._items: dict[int, list] = {}
+        self._groups: dict[int, list[list[int]]] = {}  # classes whose items share source images: item indices
         too_few = []
         for c in dataset.class_ids():
             items = list(dataset.items(c))
-            if len(items) >= need:
+            groups = _by_source(items, source_of) if source_of is not None else None
+            if groups is not None and len(groups) == len(items):
+                groups = None  # one item per image: disjoint items are disjoint images
+            if len(items) >= need and (groups is None or _split_sources(groups, _largest_first(groups),
+                                                                        shots, queries) is not None):
                 self.classes.append(c)
                 self._items[c] = items
+                if groups is not None:
+                    self._groups[c] = groups
+            elif len(items) >= need:
+                too_few.append(f"{dataset.class_names[c]!r} ({len(items)} patches of {len(groups)} images, "
+                               "too few to keep support and query images apart)")
             else:
                 too_few.append(f"{dataset.class_names[c]!r} ({len(items)} images)")
         if too_few:
@@ -80,10 +101,16 @@ class EpisodeSampler:
         if c not in self._items:
             raise DataError(f"class {c} is not available in this sampler (too few images or other split)")
         items = self._items[c]
-        order = torch.randperm(len(items), generator=self.generator)[: self.shots + self.queries].tolist()
+        if c in self._groups:
+            order = self._separate_order(self._groups[c])
+        else:
+            order = torch.randperm(len(items), generator=self.generator)[: self.shots + self.queries].tolist()
         samples = []
-        for i in order:
-            s = self.dataset.load(items[i], c)
+        for n, i in enumerate(order):
+            if self.patched:  # a crop drawn with this sampler's generator
+                s = self.dataset.load_patch(items[i], c, self.generator, "support" if n < self.shots else "query")
+            else:
+                s = self.dataset.load(items[i], c)
             if self.augment is not None:
                 s.image, s.mask, s.ignore = self.augment(s.image, s.mask, s.ignore, self.generator)
             samples.append(s)
@@ -94,6 +121,17 @@ class EpisodeSampler:
         sup, qry = samples[: self.shots], samples[self.shots:]
         return Episode(stack(sup, "image"), stack(sup, "mask"), stack(qry, "image"), stack(qry, "mask"),
                        stack(sup, "ignore"), stack(qry, "ignore"), c, tuple(items[i] for i in order))
+
+    def _separate_order(self, groups: list[list[int]]) -> list[int]:
+        """Item indices: ``shots`` support items, then ``queries`` query items, of disjoint source images."""
+        perm = torch.randperm(len(groups), generator=self.generator).tolist()
+        split = _split_sources(groups, perm, self.shots, self.queries)
+        if split is None:  # this order cannot fill both sides: largest images first (feasible, checked at init)
+            split = _split_sources(groups, _largest_first(groups, perm), self.shots, self.queries)
+        support, query = ([i for g in side for i in groups[g]] for side in split)
+        pick_s = torch.randperm(len(support), generator=self.generator)[:self.shots].tolist()
+        pick_q = torch.randperm(len(query), generator=self.generator)[:self.queries].tolist()
+        return [support[k] for k in pick_s] + [query[k] for k in pick_q]
 
     def meta_batch(self, num_tasks: int) -> MetaBatch:
         """``num_tasks`` episodes of independently drawn classes, collated."""
@@ -106,3 +144,33 @@ class EpisodeSampler:
     def __iter__(self) -> Iterator[Episode]:
         while True:
             yield self.sample()
+
+
+def _by_source(items: list, source_of: Callable) -> list[list[int]]:
+    """Item indices grouped by source image, in order of first appearance."""
+    groups: dict = {}
+    for i, key in enumerate(items):
+        groups.setdefault(source_of(key), []).append(i)
+    return list(groups.values())
+
+
+def _split_sources(groups: list[list[int]], order: list[int], shots: int, queries: int):
+    """(support groups, query groups): groups taken in ``order`` for the support set until it holds ``shots``
+    items, the rest for queries; None when the rest holds fewer than ``queries`` items. (With as many items per
+    image, as ``patches_per_image`` lists, any order works when one does.)"""
+    support, n = [], 0
+    for g in order:
+        if n >= shots:
+            break
+        support.append(g)
+        n += len(groups[g])
+    rest = [g for g in order if g not in support]
+    if n < shots or sum(len(groups[g]) for g in rest) < queries:
+        return None
+    return support, rest
+
+
+def _largest_first(groups: list[list[int]], order: list[int] | None = None) -> list[int]:
+    """Group indices by decreasing size (ties in ``order``): the order the usability check tries."""
+    order = list(range(len(groups))) if order is None else order
+    return sorted(order, key=lambda g: -len(groups[g]))

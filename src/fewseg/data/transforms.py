@@ -15,6 +15,8 @@ Example:
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -165,8 +167,12 @@ class JointAugment:
     * ``scale=(lo, hi)``: zoom by a factor drawn uniformly from [lo, hi], then crop (zoom-in) or place
       (zoom-out) at a random offset back to the input size H,W. Image bilinear, mask/ignore nearest.
       After zoom-out the area outside the source is image 0, mask 0, ignore True. ``None`` disables it.
+    * ``crop_area=(lo, hi)``: a random crop of a fraction of the area drawn uniformly from [lo, hi], of aspect
+      ratio drawn log-uniformly from ``crop_aspect``, resized back to H,W (image bilinear, mask/ignore nearest;
+      it only zooms in, so no ignore border is added). ``None`` (the default) disables it.
     * ``colour``: brightness, contrast and saturation factors each drawn from [1-colour, 1+colour]
-      (image only, clamped to [0,1]); 0 disables it.
+      (image only, clamped to [0,1]); 0 disables it. Images with other than 3 channels get brightness and
+      contrast only.
 
     All randomness comes from the ``generator`` passed to ``__call__``, so a fixed seed replays the same
     augmentation.
@@ -183,24 +189,33 @@ class JointAugment:
     """
 
     def __init__(self, flip: bool = True, scale: tuple[float, float] | None = (0.8, 1.2),
-                 colour: float = 0.2):
+                 colour: float = 0.2, crop_area: tuple[float, float] | None = None,
+                 crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)):
         if scale is not None and not (0 < scale[0] <= scale[1]):
             raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi, got {scale}")
         if colour < 0:
             raise ValueError(f"colour must be >= 0, got {colour}")
+        if crop_area is not None and not (0 < crop_area[0] <= crop_area[1] <= 1):
+            raise ValueError(f"crop_area must be (lo, hi) with 0 < lo <= hi <= 1, got {crop_area}")
+        if not (0 < crop_aspect[0] <= crop_aspect[1]):
+            raise ValueError(f"crop_aspect must be (lo, hi) with 0 < lo <= hi, got {crop_aspect}")
         self.flip, self.scale, self.colour = flip, scale, colour
+        self.crop_area, self.crop_aspect = crop_area, crop_aspect
 
     def __repr__(self) -> str:
-        return f"JointAugment(flip={self.flip}, scale={self.scale}, colour={self.colour})"
+        crop = f", crop_area={self.crop_area}, crop_aspect={self.crop_aspect}" if self.crop_area else ""
+        return f"JointAugment(flip={self.flip}, scale={self.scale}, colour={self.colour}{crop})"
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, ignore: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # image [3,H,W] float, mask [1,H,W] float {0,1}, ignore [1,H,W] bool
+        # image [C,H,W] float in [0,1] (usually C = 3), mask [1,H,W] float {0,1}, ignore [1,H,W] bool
         if self.flip and _rand(generator) < 0.5:
             image, mask, ignore = image.flip(-1), mask.flip(-1), ignore.flip(-1)
         if self.scale is not None and self.scale[1] > 0:
             s = _uniform(self.scale[0], self.scale[1], generator)
             image, mask, ignore = self._scale(image, mask, ignore, s, generator)
+        if self.crop_area is not None:
+            image, mask, ignore = self._crop(image, mask, ignore, generator)
         if self.colour > 0:
             image = self._jitter(image, generator)
         return image.contiguous(), mask.contiguous(), ignore.contiguous()
@@ -230,13 +245,35 @@ class JointAugment:
         out_ign[:, dst_y, dst_x] = ignore[:, src_y, src_x]
         return out_img, out_mask, out_ign
 
+    def _crop(self, image, mask, ignore, generator: torch.Generator):
+        """A random crop of ``crop_area`` of the area (aspect in ``crop_aspect``) resized back to H,W."""
+        H, W = image.shape[-2:]
+        area = _uniform(self.crop_area[0], self.crop_area[1], generator)
+        aspect = math.exp(_uniform(math.log(self.crop_aspect[0]), math.log(self.crop_aspect[1]), generator))
+        h = min(H, max(1, round(H * math.sqrt(area / aspect))))
+        w = min(W, max(1, round(W * math.sqrt(area * aspect))))
+        top = int(torch.randint(H - h + 1, (1,), generator=generator))
+        left = int(torch.randint(W - w + 1, (1,), generator=generator))
+        box = (slice(None), slice(top, top + h), slice(left, left + w))
+        if (h, w) == (H, W):
+            return image, mask, ignore
+        dtype = image.dtype
+        image = F.interpolate(image[box][None].float(), size=(H, W), mode="bilinear",
+                              align_corners=False).clamp_(0, 1)[0].to(dtype)
+        mask = F.interpolate(mask[box][None].float(), size=(H, W), mode="nearest")[0].to(mask.dtype)
+        ignore = F.interpolate(ignore[box][None].float(), size=(H, W), mode="nearest")[0] > 0.5
+        return image, mask, ignore
+
     def _jitter(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         c = self.colour
         b = _uniform(1 - c, 1 + c, generator)
         k = _uniform(1 - c, 1 + c, generator)
         sat = _uniform(1 - c, 1 + c, generator)
         image = (image * b).clamp(0, 1)
-        mean = _grey(image).mean()
+        rgb = image.shape[0] == 3
+        mean = (_grey(image) if rgb else image).mean()
         image = ((image - mean) * k + mean).clamp(0, 1)
+        if not rgb:  # saturation needs colour: other channel counts get brightness and contrast only
+            return image
         grey = _grey(image)
         return ((image - grey) * sat + grey).clamp(0, 1)

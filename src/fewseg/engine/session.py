@@ -10,15 +10,18 @@ import torch
 from fewseg.algorithms.test_time import describe_plans
 from fewseg.baselines import check_baselines
 from fewseg.config import DataConfig
-from fewseg.data.io import IMAGE_EXTS  # the image files fewseg reads (kept importable from here)
+from fewseg.data.io import IMAGE_EXTS  # noqa: F401  (the image files fewseg reads; still importable here)
+from fewseg.data.pairing import expected_masks, pair_images
 from fewseg.distributed import close_process_group, init_process_group
 from fewseg.engine.builders import build_dataset, model_channels
+from fewseg.engine.eval_settings import eval_settings
 from fewseg.engine.folders import predict_folder
 from fewseg.engine.protocol import build_methods, format_domain_table, format_table, run_protocol
 from fewseg.errors import DataError
 from fewseg.loading import load_algorithm, resolve_checkpoint, run_dir_of  # noqa: F401  (still importable here)
 from fewseg.registry import BASELINES
 from fewseg.segmenter import load as load_segmenter
+from fewseg.tiling import tile_options
 
 
 def describe_split(split: str, d: dict, limit: int = 400) -> str:
@@ -57,9 +60,8 @@ def _silent(*_args, **_kwargs) -> None:
 def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, dataset, data_root, output, device, log,
               group) -> dict:
     cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
-    shots = list(cfg.eval.shots if shots is None else shots)
-    episodes = cfg.eval.episodes if episodes is None else episodes
-    queries = cfg.eval.queries if queries is None else queries
+    settings = eval_settings(cfg, shots, episodes, queries)
+    shots, episodes, queries = settings.shots, settings.episodes, settings.queries
     if dataset is None:
         test_set = build_dataset(cfg.data, "test", cfg.seed, model_channels(cfg))
     else:  # cross-dataset: every class of a dataset the model never saw
@@ -106,41 +108,38 @@ def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, data
 
 
 def find_support_pairs(folder: Path) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs: ``masks/<stem>.png`` if that subfolder exists, else ``<stem>_mask.png``
-    or ``<stem>.png`` beside a non-PNG image."""
+    """(image, mask) pairs of a support folder, in file-name order: with a ``masks/`` subfolder, ``masks/<stem>.png``
+    of the images in ``images/`` (if there) or the folder itself; else masks beside the images
+    (:func:`fewseg.data.pairing.pair_images`: ``<stem>_mask.png``, or ``<stem>.png`` beside a non-PNG image)."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"support folder {folder} does not exist")
     mask_dir = folder / "masks" if (folder / "masks").is_dir() else None
     image_dir = folder / "images" if (folder / "images").is_dir() else folder
-    files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    non_png_stems = {p.stem for p in files if p.suffix.lower() != ".png"}
-    pairs = []
-    for img in files:
-        if img.stem.endswith("_mask") or (img.suffix.lower() == ".png" and img.stem in non_png_stems
-                                          and mask_dir is None):
-            continue  # a mask, not an image
-        candidates = ([mask_dir / f"{img.stem}.png"] if mask_dir else
-                      [folder / f"{img.stem}_mask.png"] + ([folder / f"{img.stem}.png"] if img.suffix.lower() != ".png"
-                                                            else []))
-        mask = next((c for c in candidates if c.exists()), None)
+    pairs = sorted(pair_images(image_dir, mask_dir, what="support folder"))
+    for img, mask in pairs:
         if mask is None:
-            raise DataError(f"support image {img} has no mask (looked for {', '.join(str(c) for c in candidates)})")
-        pairs.append((img, mask))
+            looked = ", ".join(str(m) for m in expected_masks(img, mask_dir))
+            raise DataError(f"support image {img} has no mask (looked for {looked})")
     if not pairs:
         raise DataError(f"support folder {folder} holds no image with a mask")
     return pairs
 
 
 def adapt_folder(checkpoint, support, images=None, output=None, steps=None, device="cpu", save_adapted=None,
-                 threshold=None, masks=None, progress=True, log=print) -> dict:
+                 threshold=None, masks=None, progress=True, log=print, tile=None, overlap=None) -> dict:
     """Adapt to the labelled images in ``support`` (:func:`find_support_pairs`); keep the adapted model in
     ``save_adapted`` and/or write masks, overlays and results.json of ``images`` to ``output``
-    (:func:`fewseg.engine.folders.predict_folder`). A thin user of :func:`fewseg.load`."""
+    (:func:`fewseg.engine.folders.predict_folder`). A thin user of :func:`fewseg.load`.
+
+    ``tile``, ``overlap``: large images at their own resolution (:mod:`fewseg.tiling`), as ``--tile`` and
+    ``--overlap`` give them: None leaves the segmenter's default (no tiling),
+    ``tile=0`` turns tiling off."""
     if images is None and save_adapted is None:
         raise DataError("nothing to do: give --images DIR --output OUT to segment, or --save-adapted PATH")
     if images is not None and output is None:
         raise DataError("--images needs --output OUT (where masks and overlays are written)")
-    seg = load_segmenter(checkpoint, device)
+    seg = load_segmenter(checkpoint, device, **tile_options(tile, overlap))
     pairs = find_support_pairs(Path(support))
     adapted = seg.adapt([img for img, _ in pairs], [mask for _, mask in pairs], steps=steps)
     t_adapt = adapted.info["seconds"]

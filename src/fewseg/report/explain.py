@@ -35,6 +35,7 @@ import torch
 from fewseg.data.episode import Episode
 from fewseg.data.sampler import EpisodeSampler
 from fewseg.engine.builders import build_dataset, model_channels
+from fewseg.engine.eval_settings import eval_settings
 from fewseg.errors import ConfigError
 from fewseg.loading import load_algorithm, run_dir_of
 
@@ -117,9 +118,8 @@ def explain_checkpoint(checkpoint, shots: Sequence[int] | None = None, episodes:
     check_explainable(algo, cfg.algorithm.name)
     if int(os.environ.get("RANK", "0") or 0) != 0:  # under torchrun rank 0 alone explains
         return {}
-    shots = list(cfg.eval.shots if shots is None else shots)
-    episodes = cfg.eval.episodes if episodes is None else episodes
-    queries = cfg.eval.queries if queries is None else queries
+    settings = eval_settings(cfg, shots, episodes, queries)  # the same defaults as `fewseg evaluate`
+    shots, episodes, queries = settings.shots, settings.episodes, settings.queries
     channels = model_channels(cfg)
     test_set = build_dataset(cfg.data, "test", cfg.seed, channels)
     train_set = build_dataset(cfg.data, "train", cfg.seed, channels)

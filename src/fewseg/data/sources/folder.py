@@ -36,6 +36,8 @@ import torch
 
 from fewseg.data.base import Sample, SegmentationDataset
 from fewseg.data.io import IMAGE_EXTS, read_binary_mask, read_image
+from fewseg.data.pairing import check_pair, pair_images
+from fewseg.data.patches import PatchSource
 from fewseg.data.transforms import RESIZE_MODES, content_box, resize_pair
 from fewseg.errors import DataError
 from fewseg.registry import DATASETS
@@ -61,35 +63,7 @@ def _read_names(path: Path | str, text: str | None = None) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _pair_files(folder: Path) -> tuple[list[tuple[str, Path, Path | None]], bool]:
-    """[(stem, image, mask or None)] of one class folder, and whether the folder holds any file at all.
-
-    The mask of ``n.jpg`` is ``n.png``; a ``.png`` image (no non-png sibling) takes ``n_mask.png``.
-    """
-    try:
-        entries = list(folder.iterdir())
-    except OSError as exc:
-        raise DataError(f"cannot list class folder {folder}: {exc.strerror or exc}") from None
-    files = {p.name: p for p in entries if p.is_file() and not p.name.startswith(".")}
-    by_stem: dict[str, list[Path]] = {}
-    for p in files.values():
-        if p.suffix.lower() in IMAGE_EXTS:
-            by_stem.setdefault(p.stem, []).append(p)
-    pairs = []
-    for stem in sorted(by_stem):
-        if stem.endswith("_mask") and stem[:-5] in by_stem:
-            continue
-        paths = by_stem[stem]
-        photos = sorted(p for p in paths if p.suffix.lower() != ".png")
-        pngs = [p for p in paths if p.suffix.lower() == ".png"]
-        if photos:
-            pairs.append((stem, photos[0], pngs[0] if pngs else files.get(f"{stem}_mask.png")))
-        else:
-            pairs.append((stem, pngs[0], files.get(f"{stem}_mask.png")))
-    return pairs, bool(files)
-
-
-class FolderDataset(SegmentationDataset):
+class FolderDataset(PatchSource, SegmentationDataset):
     """Binary masks in one folder per class; class ids are indices in the sorted folder names of ``root``.
 
     Classes of a split come from ``classes`` (explicit names, split ignored), else ``split_files`` (a folder
@@ -98,6 +72,9 @@ class FolderDataset(SegmentationDataset):
 
     Images whose mask is missing are skipped with a warning; masks with no foreground (or less than
     ``min_foreground`` of the pixels) are left out of ``items()`` with a warning.
+
+    ``patch``, ``patches_per_image``, ``separate_sources``, ``query_patches``: episodes of random crops of the
+    images at their own resolution (:mod:`fewseg.data.patches`).
 
     Example:
         >>> import os, tempfile
@@ -120,7 +97,9 @@ class FolderDataset(SegmentationDataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", image_size: int = 64,
                  resize: str = "stretch", seed: int = 0, classes: Sequence[str] | None = None,
                  split_files: str | os.PathLike | None = None, val_fraction: float = 0.2,
-                 test_fraction: float = 0.2, min_foreground: float = 0.0):
+                 test_fraction: float = 0.2, min_foreground: float = 0.0, patch: int | None = None,
+                 patches_per_image: int = 1, separate_sources: bool | None = None, query_patches: str = "foreground"):
+        self.init_patches(patch, patches_per_image, separate_sources, query_patches)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if resize not in RESIZE_MODES:
@@ -145,11 +124,11 @@ class FolderDataset(SegmentationDataset):
         names = self._select(all_names, classes, split_files)
         index = {n: i for i, n in enumerate(all_names)}
         self.class_names = {index[n]: n for n in sorted(names)}
-        self._pairs: dict[int, list[tuple[str, Path, Path]]] = {}
+        self._pairs: dict[int, list[tuple[Path, Path]]] = {}
         self._paths: dict[str, tuple[int, Path, Path]] = {}
         for c, name in self.class_names.items():
             self._pairs[c] = self._scan_class(name)
-            for stem, img, mask in self._pairs[c]:
+            for img, mask in self._pairs[c]:
                 self._paths[f"{name}/{img.name}"] = (c, img, mask)
         self._items: dict[int, list[str]] = {}
 
@@ -204,17 +183,19 @@ class FolderDataset(SegmentationDataset):
         return [names[i] for i in sorted(parts[self.split])]
 
     # --- files ----------------------------------------------------------------------------------------
-    def _scan_class(self, name: str) -> list[tuple[str, Path, Path]]:
+    def _scan_class(self, name: str) -> list[tuple[Path, Path]]:
+        """[(image, mask)] of one class folder (:func:`fewseg.data.pairing.pair_images`)."""
         folder = self.root / name
-        pairs, any_file = _pair_files(folder)
+        pairs = pair_images(folder, what="class folder")
         if not pairs:
+            any_file = any(p.is_file() and not p.name.startswith(".") for p in folder.iterdir())
             raise DataError(f"class folder {folder} is empty (no images)" if not any_file else
                             f"class folder {folder} holds no images ({', '.join(IMAGE_EXTS)})")
-        with_mask = [p for p in pairs if p[2] is not None]
+        with_mask = [p for p in pairs if p[1] is not None]
         if not with_mask:
             raise DataError(f"class folder {folder} has images but no masks (expected <name>.png beside "
                             f"each <name>.jpg)")
-        orphans = [p[1].name for p in pairs if p[2] is None]
+        orphans = [img.name for img, mask in pairs if mask is None]
         if orphans:
             warnings.warn(f"class folder {folder}: skipping {len(orphans)} image(s) without a mask: "
                           f"{_few(orphans)}", stacklevel=3)
@@ -231,7 +212,7 @@ class FolderDataset(SegmentationDataset):
         if class_id not in self._items:
             name = self.class_names[class_id]
             keep, empty = [], []
-            for stem, img, mask in self._pairs[class_id]:
+            for img, mask in self._pairs[class_id]:
                 frac = self._fraction(mask)
                 (keep if frac > 0 and frac >= self.min_foreground else empty).append(img.name)
             if empty:
@@ -239,27 +220,38 @@ class FolderDataset(SegmentationDataset):
                 warnings.warn(f"class folder {self.root / name}: leaving out {len(empty)} image(s) whose "
                               f"mask has {what}: {_few(empty)}", stacklevel=2)
             self._items[class_id] = [f"{name}/{f}" for f in keep]
-        return list(self._items[class_id])
+        return self.patch_keys(list(self._items[class_id]))
 
-    def load(self, key: Hashable, class_id: int) -> Sample:
-        """The image ``key`` with its mask, resized to ``image_size`` (image [3,S,S], mask/ignore [1,S,S])."""
+    def _native_pair(self, key: Hashable, class_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Path]:
+        """(image uint8 [H,W,3], fg bool [H,W], ignore bool [H,W], mask path) of item ``key``, checked."""
         if key not in self._paths or self._paths[key][0] != class_id:
             raise DataError(f"image {key!r} is not an item of class {class_id} in {self.root}")
         _, img_path, mask_path = self._paths[key]
         image = read_image(img_path)                         # uint8 [H,W,3]
         fg, ignore = read_binary_mask(mask_path)             # bool [H,W] x2
-        if fg.shape != image.shape[:2]:
-            raise DataError(f"mask {mask_path} is {fg.shape[1]}x{fg.shape[0]} but image {img_path} is "
-                            f"{image.shape[1]}x{image.shape[0]}")
-        if not fg.any():
-            raise DataError(f"mask {mask_path} has no foreground pixel")
+        check_pair(image, fg, f"image {img_path}", f"mask {mask_path}")
+        return image, fg, ignore, mask_path
+
+    def native(self, key: Hashable, class_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image uint8 [H,W,3] and labels uint8 [H,W] (1 = the class, 255 = ignore) at the image's own size."""
+        image, fg, ignore, _ = self._native_pair(key, class_id)
+        return image, np.where(ignore, 255, fg).astype(np.uint8)
+
+    def load(self, key: Hashable, class_id: int) -> Sample:
+        """The image ``key`` with its mask, resized to ``image_size`` (image [3,S,S], mask/ignore [1,S,S]); with
+        ``patch``, a random crop of it (:meth:`load_patch`)."""
+        if self.patch is not None:
+            return self.load_patch(key, class_id)
+        image, fg, ignore, _ = self._native_pair(key, class_id)
         labels = np.where(ignore, 255, fg).astype(np.uint8)  # [H,W] 0/1/255
         x, lab = resize_pair(image, labels, self.image_size, self.resize)
         return Sample(x, (lab == 1).to(torch.float32)[None], (lab == 255)[None])
 
     def full_resolution(self, key: Hashable, class_id: int):
         """(mask [1,1,H,W], ignore [1,1,H,W], box) at the mask file's own size (see ``content_box``);
-        None when ``resize="crop"``."""
+        None when ``resize="crop"`` or with ``patch`` (patch episodes are scored at the network's size)."""
+        if self.patch is not None:
+            return None
         _, _, mask_path = self._paths[key]
         fg, ignore = read_binary_mask(mask_path)
         box = content_box(fg.shape[0], fg.shape[1], self.image_size, self.resize)
@@ -271,6 +263,9 @@ class FolderDataset(SegmentationDataset):
         d = super().describe()
         d.update(root=str(self.root), split=self.split, resize=self.resize, seed=self.seed,
                  min_foreground=self.min_foreground, n_class_folders=len(self.all_class_names))
+        if self.patch is not None:
+            d.update(patch=self.patch, patches_per_image=self.patches_per_image,
+                     separate_sources=self.separate_sources, query_patches=self.query_patches)
         return d
 
 

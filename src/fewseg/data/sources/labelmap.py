@@ -1,7 +1,7 @@
 r"""Datasets of photos with class-id label maps (CCP, CamVid, PASCAL-style), split into class folds.
 
-One module: the cached scan of the label maps exists only to give the dataset its usable classes, folds and
-per-class image lists.
+The files are read by :mod:`fewseg.data.sources.labelmap_scan` (the class list, and the cached scan of the label
+maps that gives the dataset its usable classes, folds and per-class image lists); this module is the dataset.
 
 Layout::
 
@@ -33,146 +33,33 @@ Example (two 10x6 label maps made on the spot; a real root is e.g. ``../shared/d
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from collections.abc import Hashable, Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from fewseg.data.base import Sample, SegmentationDataset
-from fewseg.data.io import IMAGE_EXTS, read_image, read_label_map, write_text_atomic
+from fewseg.data.io import IMAGE_EXTS, read_image, read_label_map
+from fewseg.data.patches import PatchSource
+from fewseg.data.sources.labelmap_scan import (  # noqa: F401  (cache_dir: still importable from here)
+    IGNORE,
+    cache_dir,
+    files_by_stem,
+    label_fractions,
+    read_classes,
+    read_small_text,
+)
 from fewseg.data.transforms import RESIZE_MODES, content_box, resize_arrays
 from fewseg.errors import DataError
 from fewseg.registry import DATASETS
 
 SPLITS = ("train", "val", "test", "all")
-IGNORE = 255
-_CACHE_VERSION = 1
 
 
-# --- the once-per-root scan of label maps -----------------------------------------------------------
-def cache_dir() -> Path:
-    """Where scans are kept: ``$FEWSEG_CACHE`` or ``~/.cache/fewseg``."""
-    return Path(os.environ.get("FEWSEG_CACHE") or Path.home() / ".cache" / "fewseg")
-
-
-def _signature(labels: dict[str, Path]) -> str:
-    """A digest of the label files' names, sizes and modification times."""
-    h = hashlib.sha1()
-    for stem in sorted(labels):
-        try:
-            st = labels[stem].stat()
-        except OSError as exc:  # a dangling or looping symlink
-            raise DataError(f"cannot read label map {labels[stem]}: {exc.strerror or exc}") from None
-        h.update(f"{stem}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
-
-
-def _fractions_of(path: Path) -> dict[int, float]:
-    """{class id: fraction of the pixels} of one label map (ignore 255 left out)."""
-    counts = None
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("L", "P"):
-                counts = np.asarray(im.histogram()[:256], dtype=np.int64)
-    except Exception:  # noqa: BLE001 - read_label_map below gives the one-line DataError
-        counts = None
-    if counts is None:
-        labels = read_label_map(path)
-        if labels.size and int(labels.max()) > 65535:  # 32-bit ids: no histogram as long as the largest id
-            ids, n = np.unique(labels, return_counts=True)
-            total = int(n.sum())
-            return {int(i): round(int(k) / total, 6) for i, k in zip(ids, n) if i != IGNORE}
-        counts = np.bincount(labels.ravel())
-    total = int(counts.sum())
-    return {int(i): round(int(counts[i]) / total, 6) for i in np.flatnonzero(counts) if i != IGNORE} \
-        if total else {}
-
-
-def _write_atomic(path: Path, data: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(data, separators=(",", ":")))
-    except OSError as exc:
-        warnings.warn(f"could not write the label scan cache {path}: {exc}", stacklevel=3)
-
-
-def _listdir(folder: Path) -> list[Path]:
-    try:
-        return sorted(folder.iterdir())
-    except OSError as exc:
-        raise DataError(f"cannot list folder {folder}: {exc.strerror or exc}") from None
-
-
-def _pngs(folder: Path) -> list[Path]:
-    return [p for p in _listdir(folder) if p.suffix.lower() == ".png" and not p.name.startswith(".")]
-
-
-@lru_cache(maxsize=16)
-def _scan(labels_dir: str, signature: str) -> dict[str, dict[int, float]]:
-    disk = cache_dir() / f"labelmap-{hashlib.sha1(labels_dir.encode()).hexdigest()[:16]}.json"
-    try:
-        data = json.loads(disk.read_text())
-        if data.get("version") == _CACHE_VERSION and data.get("signature") == signature:
-            cached = {s: {int(k): v for k, v in fr.items()} for s, fr in data["fractions"].items()}
-            if all(isinstance(s, str) and all(isinstance(v, float | int) and not isinstance(v, bool)
-                                              and 0 <= v <= 1 for v in fr.values()) for s, fr in cached.items()):
-                return cached  # else a damaged or tampered cache: scan again
-    except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError):
-        pass
-    folder = Path(labels_dir)
-    fractions = {p.stem: _fractions_of(p) for p in _pngs(folder)}
-    _write_atomic(disk, {"version": _CACHE_VERSION, "labels_dir": labels_dir, "signature": signature,
-                         "fractions": {s: {str(k): v for k, v in fr.items()} for s, fr in fractions.items()}})
-    return fractions
-
-
-def label_fractions(labels_dir: str | os.PathLike) -> dict[str, dict[int, float]]:
-    """{stem: {class id: foreground fraction}} of every ``labels_dir/*.png``, cached (read-only result)."""
-    folder = Path(labels_dir).resolve()
-    labels = {p.stem: p for p in _pngs(folder)}
-    return _scan(str(folder), _signature(labels))
-
-
-# --- the dataset ------------------------------------------------------------------------------------
-def _read_text(path: Path) -> str:
-    """A small UTF-8 text file (class list, split file), or a one-line DataError."""
-    try:
-        if path.stat().st_size > 50_000_000:
-            raise DataError(f"{path} is larger than 50 MB: not a class or split list")
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def read_classes(path: Path) -> dict[int, str]:
-    """{id: name} from a ``classes.txt`` of "<id> <name>" lines (blank and # lines skipped)."""
-    if not path.is_file():
-        raise DataError(f"class list {path} does not exist")
-    out: dict[int, str] = {}
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise DataError(f"{path} line {n}: expected '<id> <name>', got {line!r}")
-        cid = int(parts[0])
-        if cid in out:
-            raise DataError(f"{path} line {n}: class id {cid} is listed twice")
-        if cid != IGNORE:  # 255 always means ignore
-            out[cid] = parts[1].strip()
-    return out
-
-
+# --- class folds ------------------------------------------------------------------------------------
 def fold_blocks(ids: Sequence[int], n_folds: int) -> list[list[int]]:
     """Sorted ``ids`` cut into ``n_folds`` contiguous blocks whose sizes differ by at most one."""
     ids = sorted(ids)
@@ -185,17 +72,7 @@ def fold_blocks(ids: Sequence[int], n_folds: int) -> list[list[int]]:
     return blocks
 
 
-def _files(folder: Path, exts: Sequence[str]) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise DataError(f"folder {folder} does not exist")
-    out: dict[str, Path] = {}
-    for p in _listdir(folder):
-        if p.suffix.lower() in exts and not p.name.startswith("."):
-            out.setdefault(p.stem, p)
-    return out
-
-
-class LabelMapDataset(SegmentationDataset):
+class LabelMapDataset(PatchSource, SegmentationDataset):
     """Binary tasks "class c vs the rest" from multi-class label maps, with PASCAL-5i-style class folds.
 
     Usable classes: ids of ``classes.txt`` minus ``background_ids`` and ``exclude_classes`` (ids or names)
@@ -203,7 +80,9 @@ class LabelMapDataset(SegmentationDataset):
     Sorted, they are cut into ``n_folds`` contiguous blocks: block ``fold`` is *test*; of the rest a seeded
     ``val_classes`` share (a fraction, at least 1; or an explicit list of ids/names) is *val*, the others
     *train*. ``fold="all"``: every usable class is train. ``image_split`` limits the images (not the folds).
-    ``cache=True`` keeps each resized (image, labels) pair in memory.
+    ``cache=True`` keeps each resized (image, labels) pair in memory (with ``patch``: each decoded image and
+    label map at its own size). ``patch``, ``patches_per_image``, ``separate_sources``, ``query_patches``: episodes
+    of random crops of the images at their own resolution (:mod:`fewseg.data.patches`).
 
     For example, ``LabelMapDataset("data/camvid", split="train", fold=1, background_ids=(),
     image_split="train")`` keeps every listed class (id 0 too), leaves fold 1 out for testing and reads only
@@ -222,7 +101,10 @@ class LabelMapDataset(SegmentationDataset):
                  n_folds: int = 4, image_size: int = 64, resize: str = "pad", min_foreground: float = 0.01,
                  min_images: int | None = None, image_split: str | None = None,
                  background_ids: Sequence[int] = (0,), exclude_classes: Sequence[int | str] = (),
-                 val_classes: float | Sequence[int | str] = 0.2, seed: int = 0, cache: bool = False):
+                 val_classes: float | Sequence[int | str] = 0.2, seed: int = 0, cache: bool = False,
+                 patch: int | None = None, patches_per_image: int = 1, separate_sources: bool | None = None,
+                 query_patches: str = "foreground"):
+        self.init_patches(patch, patches_per_image, separate_sources, query_patches)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if resize not in RESIZE_MODES:
@@ -245,8 +127,8 @@ class LabelMapDataset(SegmentationDataset):
         self.min_images = 2 if min_images is None else int(min_images)
         self.image_split, self.background_ids = image_split, tuple(int(b) for b in background_ids)
         self.listed = read_classes(self.root / "classes.txt")
-        self._image_paths = _files(self.root / "images", IMAGE_EXTS)
-        self._label_paths = _files(self.root / "labels", (".png",))
+        self._image_paths = files_by_stem(self.root / "images", IMAGE_EXTS)
+        self._label_paths = files_by_stem(self.root / "labels", (".png",))
         stems = sorted(set(self._image_paths) & set(self._label_paths))
         unpaired = len(self._image_paths) + len(self._label_paths) - 2 * len(stems)
         if unpaired:
@@ -273,6 +155,7 @@ class LabelMapDataset(SegmentationDataset):
         self.class_names = {c: self.listed[c] for c in self._items}
         self._stems = set(pool)
         self._cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._native_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # --- construction helpers ----------------------------------------------------------------------------
     def _fg(self, fractions, stem: str, c: int) -> bool:
@@ -286,7 +169,7 @@ class LabelMapDataset(SegmentationDataset):
         path = self.root / "splits" / f"{self.image_split}.txt"
         if not path.is_file():
             raise DataError(f"split file {path} does not exist")
-        stems = [s.strip() for s in _read_text(path).splitlines() if s.strip()]
+        stems = [s.strip() for s in read_small_text(path).splitlines() if s.strip()]
         for s in stems:
             if s not in self._image_paths:
                 raise DataError(f"split file {path} names {s!r} but {self.root / 'images'} has no such image")
@@ -334,17 +217,34 @@ class LabelMapDataset(SegmentationDataset):
         if class_id not in self._items:
             raise DataError(f"class {class_id} is not in the {self.split} split (fold {self.fold}) "
                             f"of {self.root}")
-        return list(self._items[class_id])
+        return self.patch_keys(list(self._items[class_id]))
 
-    def _arrays(self, stem: str) -> tuple[np.ndarray, np.ndarray]:
-        """Resized image uint8 [S,S,3] and labels [S,S] (255 = ignore, also in the pad region)."""
-        if stem in self._cached:
-            return self._cached[stem]
+    def native(self, stem: str, class_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image uint8 [H,W,3] and labels uint8 [H,W] (1 = ``class_id``, 255 = ignore, 0 = the rest) at the
+        image's own size (for patches)."""
+        if stem in self._native_cache:
+            image, labels = self._native_cache[stem]
+        else:
+            image, labels = self._read(stem)
+            if self.cache:
+                self._native_cache[stem] = image, labels
+        binary = np.where(labels == IGNORE, IGNORE, labels == class_id).astype(np.uint8)
+        return image, binary
+
+    def _read(self, stem: str) -> tuple[np.ndarray, np.ndarray]:
+        """The photo uint8 [H,W,3] and label map [H,W] of ``stem``, checked to be of one size."""
         img_path, lab_path = self._image_paths[stem], self._label_paths[stem]
         image, labels = read_image(img_path), read_label_map(lab_path)
         if labels.shape != image.shape[:2]:
             raise DataError(f"label map {lab_path} is {labels.shape[1]}x{labels.shape[0]} but image "
                             f"{img_path} is {image.shape[1]}x{image.shape[0]}")
+        return image, labels
+
+    def _arrays(self, stem: str) -> tuple[np.ndarray, np.ndarray]:
+        """Resized image uint8 [S,S,3] and labels [S,S] (255 = ignore, also in the pad region)."""
+        if stem in self._cached:
+            return self._cached[stem]
+        image, labels = self._read(stem)
         out = resize_arrays(image, labels, self.image_size, self.resize, fill_label=IGNORE)
         if self.cache:
             self._cached[stem] = out
@@ -352,10 +252,23 @@ class LabelMapDataset(SegmentationDataset):
 
     def load(self, key: Hashable, class_id: int) -> Sample:
         """Image ``key`` with mask = (label == class_id), ignore = (label == 255), at ``image_size``."""
-        if key not in self._stems:
-            raise DataError(f"image {key!r} is not part of {self.root} ({self.image_split or 'all images'})")
+        if self.patch is not None:
+            return self.load_patch(key, class_id)
+        return self._load_whole(key, class_id)
+
+    def load_patch(self, key: Hashable, class_id: int, generator: torch.Generator | None = None,
+                   role: str = "support") -> Sample:
+        self._check_key(self.source_of(key), class_id)
+        return super().load_patch(key, class_id, generator, role)
+
+    def _check_key(self, stem: Hashable, class_id: int) -> None:
+        if stem not in self._stems:
+            raise DataError(f"image {stem!r} is not part of {self.root} ({self.image_split or 'all images'})")
         if class_id not in self.listed:
             raise DataError(f"class {class_id} is not listed in {self.root / 'classes.txt'}")
+
+    def _load_whole(self, key: Hashable, class_id: int) -> Sample:
+        self._check_key(key, class_id)
         im, lab = self._arrays(key)
         image = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div_(255.0)  # [3,S,S]
         lab_t = torch.from_numpy(lab.astype(np.int64))                                            # [S,S]
@@ -364,7 +277,10 @@ class LabelMapDataset(SegmentationDataset):
 
     def full_resolution(self, key: Hashable, class_id: int):
         """(mask [1,1,H,W] float, ignore [1,1,H,W] bool, box) of image ``key`` at its label map's own size, and
-        where the photo lies in the network input (see ``content_box``); None when ``resize="crop"``."""
+        where the photo lies in the network input (see ``content_box``); None when ``resize="crop"`` or with
+        ``patch`` (a crop has no label map of its own: patch episodes are scored at the network's size)."""
+        if self.patch is not None:
+            return None
         labels = read_label_map(self._label_paths[key])
         box = content_box(labels.shape[0], labels.shape[1], self.image_size, self.resize)
         if box is None:
@@ -379,6 +295,9 @@ class LabelMapDataset(SegmentationDataset):
                  min_foreground=self.min_foreground, min_images=self.min_images, image_split=self.image_split,
                  background_ids=list(self.background_ids), exclude_classes=self.excluded, resize=self.resize,
                  seed=self.seed, n_images=len(self._stems), n_usable_classes=len(self.usable))
+        if self.patch is not None:
+            d.update(patch=self.patch, patches_per_image=self.patches_per_image,
+                     separate_sources=self.separate_sources, query_patches=self.query_patches)
         return d
 
 

@@ -118,6 +118,29 @@ class MixtureDataset(SegmentationDataset):
             raise DataError(f"image key {key!r} is not a key of domain {self.prefixes[d]!r} of this mixture")
         return self.domains[d].load(key[1], c)
 
+    # --- patches of large images (a domain's ``patch`` option, :mod:`fewseg.data.patches`) -------------------
+    @property
+    def patch(self) -> int | None:
+        """The largest ``patch`` of a domain (None: no domain draws patches)."""
+        sizes = [p for p in (getattr(ds, "patch", None) for ds in self.domains) if p is not None]
+        return max(sizes) if sizes else None
+
+    @property
+    def separate_sources(self) -> bool:
+        return any(getattr(ds, "separate_sources", False) for ds in self.domains)
+
+    def source_of(self, key: Hashable) -> Hashable:
+        own = getattr(self.domains[key[0]], "source_of", None)
+        return key if own is None else (key[0], own(key[1]))
+
+    def load_patch(self, key: Hashable, class_id: int, generator=None, role: str = "support") -> Sample:
+        d, c = self._split_id(class_id)
+        if getattr(self.domains[d], "patch", None) is None:
+            return self.load(key, class_id)
+        if not (isinstance(key, tuple) and len(key) == 2 and key[0] == d):
+            raise DataError(f"image key {key!r} is not a key of domain {self.prefixes[d]!r} of this mixture")
+        return self.domains[d].load_patch(key[1], c, generator, role)
+
     def full_resolution(self, key: Hashable, class_id: int):
         """The domain's own full-resolution label map (None for a domain without one, e.g. synthetic)."""
         d, c = self._split_id(class_id)

@@ -52,7 +52,8 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 from fewseg.data.base import Sample, SegmentationDataset
-from fewseg.data.sources.labelmap import SPLITS, LabelMapDataset, _files, _read_text, label_fractions
+from fewseg.data.sources.labelmap import SPLITS, LabelMapDataset
+from fewseg.data.sources.labelmap_scan import files_by_stem, label_fractions, read_small_text
 from fewseg.data.transforms import RESIZE_MODES
 from fewseg.errors import DataError
 from fewseg.registry import DATASETS
@@ -156,7 +157,7 @@ def _read_list(path: Path) -> list[tuple[str, int]]:
     if not path.is_file():
         raise DataError(f"image list {path} does not exist")
     out = []
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
+    for n, line in enumerate(read_small_text(path).splitlines(), 1):
         line = line.strip()
         if not line:
             continue
@@ -192,8 +193,8 @@ class Pascal5iDataset(LabelMapDataset):
         self.cache, self.min_foreground, self.val_classes = bool(cache), float(min_foreground), val_classes
         self.listed = dict(VOC_NAMES)
         self.image_split = None
-        self._image_paths = _files(self.root / "JPEGImages", (".jpg", ".jpeg"))
-        self._label_paths = _files(self.root / "SegmentationClassAug", (".png",))
+        self._image_paths = files_by_stem(self.root / "JPEGImages", (".jpg", ".jpeg"))
+        self._label_paths = files_by_stem(self.root / "SegmentationClassAug", (".png",))
         lists = self._list_dir(split_dir)
         self.source = str(lists) if lists is not None else "scanned masks"
         if lists is not None:
@@ -246,7 +247,7 @@ class Pascal5iDataset(LabelMapDataset):
         if not val_list.is_file():
             raise DataError(f"{val_list} does not exist: it (or HSNet's splits/trn, splits/val lists) "
                             f"tells the evaluation images from the training images")
-        val_names = {s.strip() for s in _read_text(val_list).splitlines() if s.strip()}
+        val_names = {s.strip() for s in read_small_text(val_list).splitlines() if s.strip()}
         missing = sorted(val_names - set(self._label_paths))
         if missing:
             raise DataError(f"{val_list} names {missing[0]!r} but "
