@@ -19,6 +19,7 @@ from conftest import tiny_config
 import fewseg.engine.checkpoint as ckpt_mod
 from fewseg.config import config_from_dict
 from fewseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from fewseg.engine.integrity import file_sha256
 from fewseg.engine.trainer import Trainer, resume_trainer
 from fewseg.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 
@@ -259,6 +260,10 @@ def tamper(finished_run, tmp_path, edit_meta=None, edit_state=None):
         state = torch.load(last / "optimizer.pt", weights_only=True)
         edit_state(state)
         torch.save(state, last / "optimizer.pt")
+        # the SHA-256 record updated too (else it refuses the file first): the trainer's own checks behind it
+        meta = json.loads((last / "meta.json").read_text())
+        meta["integrity"]["sha256"]["optimizer.pt"] = file_sha256(last / "optimizer.pt")
+        (last / "meta.json").write_text(json.dumps(meta))
     return run
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from fewseg import cli_args
 from fewseg.errors import FewsegError, Interrupted
 
 EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143  # 128 + SIGINT, 128 + SIGTERM
@@ -75,6 +76,7 @@ def cmd_train(args) -> None:
     from fewseg.config import load_config
     from fewseg.distributed import close_process_group
     from fewseg.engine.trainer import Trainer, resume_trainer
+    cli_args.check_train_args(args)
     resume = args.resume
     if not resume and args.config is not None:
         cfg = load_config(args.config, args.overrides)
@@ -135,17 +137,20 @@ def cmd_adapt(args) -> None:
     import warnings
 
     from fewseg.engine.session import adapt_folder
-    with warnings.catch_warnings():  # warnings as one line, ``fewseg: warning: ...`` (no file and line)
+    cli_args.check_adapt_args(args)  # every argument, before any work
+    with warnings.catch_warnings():
         warnings.showwarning = lambda message, *a, **k: print(f"fewseg: warning: {message}", file=sys.stderr)
         adapt_folder(args.checkpoint, args.support, args.images, args.output, steps=args.steps,
                      device=args.device, save_adapted=args.save_adapted, threshold=args.threshold,
-                     masks=args.masks, progress=not args.no_progress)
+                     masks=args.masks, progress=not args.no_progress, tile=args.tile, overlap=args.overlap)
 
 
 def cmd_predict(args) -> None:
     from fewseg.engine.folders import predict_folder
     from fewseg.segmenter import load_adapted
-    adapted = load_adapted(args.adapted, args.device)
+    cli_args.check_predict_args(args)  # every argument, before any work
+    from fewseg.tiling import tile_options
+    adapted = load_adapted(args.adapted, args.device, **tile_options(args.tile, args.overlap))
     predict_folder(adapted, args.images, args.output, threshold=args.threshold, masks=args.masks,
                    progress=not args.no_progress)
 
@@ -166,9 +171,16 @@ def cmd_serve(args) -> None:
 def _segmenting_options(s: argparse.ArgumentParser, threshold_help: str) -> None:
     """The options shared by the commands that write masks (adapt, predict)."""
     s.add_argument("--threshold", type=float, default=None, help=threshold_help)
+    s.add_argument("--recursive", action="store_true", help="with a folder in --images: its subfolders too")
     s.add_argument("--masks", help="folder of true masks <stem>.png: results.json gets each image's IoU")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--device", default="cpu")
+    from fewseg.tiling import overlap_arg
+    s.add_argument("--tile", type=count_int, default=None, metavar="PIXELS", help="large images at their own "
+                   "resolution: windows of PIXELS x PIXELS of the image, blended (0: whole images; predict's "
+                   "default: the adapted model's)")
+    s.add_argument("--overlap", type=overlap_arg, default=None, help="of neighbouring windows with --tile: a "
+                   "fraction of the tile below 1 (default 0.25) or whole pixels from 1 up")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, help="a run directory, a checkpoint directory, or a ready "
                    "learner that needs no meta-training: imagenet-lite0, imagenet-lite1, imagenet-lite2")
     s.add_argument("--support", required=True, help="folder of images with masks <stem>.png (or masks/ subfolder)")
-    s.add_argument("--images", help="folder of images to segment (with --output)")
+    s.add_argument("--images", nargs="+", metavar="IMAGES", help="images to segment (with --output): files, "
+                   "folders or glob patterns such as 'photos/*.jpg' (--recursive: subfolders too)")
     s.add_argument("--output", help="where masks, overlays and results.json are written")
     s.add_argument("--save-adapted", metavar="PATH", help="keep the adapted model in PATH for `fewseg predict`")
     s.add_argument("--steps", type=count_int, default=None)
@@ -243,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="segment a folder with an adapted model (fewseg adapt --save-adapted)")
     s.add_argument("--adapted", required=True, help="an adapted model directory")
-    s.add_argument("--images", required=True, help="folder of images to segment, of any size")
+    s.add_argument("--images", required=True, nargs="+", metavar="IMAGES", help="images to segment, of any size: "
+                   "files, folders or glob patterns such as 'photos/*.jpg' (--recursive: subfolders too)")
     s.add_argument("--output", required=True, help="where masks, overlays and results.json are written")
     _segmenting_options(s, "default: the adapted model's")
     s.set_defaults(func=cmd_predict)
@@ -261,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "ready learner (default: imagenet-lite0, frozen ImageNet features + a linear probe; no "
                    "meta-training needed)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=count_int, default=7860, help="0: any free port")
+    s.add_argument("--port", type=cli_args.port_arg, default=7860, help="0-65535 (0: any free port)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_serve)
     return p
@@ -281,11 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done (also after SIGTERM once training saved its state), 2 a bad input or
     configuration (one line on stderr, never a traceback), 130 Ctrl-C, 143 SIGTERM outside training, 1 an
     internal error (one line; ``FEWSEG_DEBUG=1`` shows the traceback)."""
-    from fewseg.engine.checkpoint import sigterm_as_interrupt
+    from fewseg.engine.signals import sigterm_as_interrupt
     from fewseg.errors import Terminated
     args = build_parser().parse_args(argv)
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), cli_args.warnings_as_lines():
             if getattr(args, "device", None) is not None:
                 from fewseg.engine.builders import resolve_device
                 resolve_device(args.device)

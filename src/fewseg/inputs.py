@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fewseg.data.io import IMAGE_EXTS, read_binary_mask, read_image
+from fewseg.data.io import read_binary_mask, read_image
 from fewseg.errors import DataError
+from fewseg.image_files import ImageSet, collect_images  # noqa: F401  (ImageSet importable from here)
 
 
 def is_path(x: Any) -> bool:
@@ -170,19 +172,39 @@ def _mask_through_png(im, name: str) -> tuple[np.ndarray, np.ndarray]:
             raise DataError(str(exc).replace(f"mask {path}", name).replace(path, name)) from None
 
 
-def list_images(folder: str | os.PathLike, what: str = "images") -> list[Path]:
-    """The image files of ``folder`` (sorted; ``.npy`` arrays too), or a DataError if there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{what} folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (*IMAGE_EXTS, ".npy"))
-    if not files:
-        raise DataError(f"no images in {folder} (looked for {', '.join(IMAGE_EXTS)}, .npy)")
-    return files
+def list_images(images: str | os.PathLike | Sequence[str | os.PathLike], what: str = "images",
+                recursive: bool = False) -> list[Path]:
+    """The image files of ``images`` (:func:`collect_images`: a folder, a file, several, a glob; a warning line
+    per kind of entry left out), or a DataError if there are none."""
+    found = collect_images(images, recursive, what)
+    for line in found.report():
+        warnings.warn(line, UserWarning, stacklevel=2)
+    return found.paths
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
     """File names for results, ``<stem>.png``; images sharing a stem (cat.jpg, cat.png) keep their
-    extension (``cat.jpg.png``, ``cat.png.png``) so that neither overwrites the other."""
-    stems = [p.stem for p in paths]
-    return [f"{p.stem}.png" if stems.count(p.stem) == 1 else f"{p.name}.png" for p in paths]
+    extension (``cat.jpg.png``, ``cat.png.png``) so that neither overwrites the other, and images sharing a name
+    in different folders (``--recursive``) are prefixed with their folders (``a__cat.jpg.png``).
+
+    Example:
+        >>> output_names([Path("x/cat.jpg"), Path("x/cat.png"), Path("a/dog.png"), Path("b/dog.png")])
+        ['cat.jpg.png', 'cat.png.png', 'a__dog.png.png', 'b__dog.png.png']
+    """
+    from collections import Counter
+    stems = Counter(p.stem for p in paths)
+    names = [f"{p.stem}.png" if stems[p.stem] == 1 else f"{p.name}.png" for p in paths]
+    depth = 1
+    while len(set(names)) < len(names) and depth <= max((len(p.parts) for p in paths), default=0):
+        counts = Counter(names)
+        names = [n if counts[n] == 1 else "__".join((*_folders(p)[-depth:], p.name)) + ".png"
+                 for n, p in zip(names, paths)]
+        depth += 1
+    if len(set(names)) < len(names):  # folders that differ only in what _folders leaves out: number them
+        names = [f"{i}__{n}" for i, n in enumerate(names)]
+    return names
+
+
+def _folders(path: Path) -> tuple[str, ...]:
+    """The folder names above ``path`` (no root or drive)."""
+    return tuple(part for part in path.parent.parts if part != path.anchor and part not in (".", ".."))

@@ -19,12 +19,14 @@ from pathlib import Path
 import torch
 
 from fewseg.config import config_from_dict
-from fewseg.engine.builders import build_all
-from fewseg.engine.checkpoint import load_checkpoint
+from fewseg.engine.builders import build_all, build_model, model_channels
+from fewseg.engine.checkpoint import META, load_checkpoint
+from fewseg.engine.integrity import input_size_problem
 from fewseg.errors import CheckpointError
 from fewseg.models import weights_free_options
+from fewseg.yaml_reader import short_repr
 
-__all__ = ["load_algorithm", "resolve_checkpoint", "run_dir_of"]
+__all__ = ["check_preprocessing", "load_algorithm", "resolve_checkpoint", "run_dir_of"]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -39,8 +41,27 @@ def resolve_checkpoint(path: str | Path) -> Path:
                           "or a run directory with checkpoints/best or checkpoints/last)")
 
 
+def check_preprocessing(meta: dict, cfg, meta_file: Path) -> None:
+    """The ``preprocessing`` a checkpoint's ``meta.json`` records can feed its network: ``image_size`` an integer
+    side that the network of ``cfg`` takes (a dry run on the meta device), else a one-line CheckpointError."""
+    prep = meta.get("preprocessing") or {}
+    if "image_size" not in prep:
+        return
+    size = prep["image_size"]
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise CheckpointError(f"{meta_file}: 'preprocessing.image_size' must be an integer, got {size!r}")
+    problem = input_size_problem(lambda: build_model(cfg.model), model_channels(cfg) or 3, size)
+    if problem is not None:
+        raise CheckpointError(f"{meta_file}: 'preprocessing.image_size' {size} does not fit its network: model "
+                              f"{cfg.model.name!r} ({short_repr(cfg.model.options)}) cannot take {size}x{size} "
+                              f"images ({problem})")
+
+
 def load_algorithm(path: str | Path, device: torch.device | str = "cpu"):
-    """(config, algorithm with meta-learned weights, checkpoint directory) from a checkpoint or run directory."""
+    """(config, algorithm with meta-learned weights, checkpoint directory) from a checkpoint or run directory.
+
+    The checkpoint's files are checked against their SHA-256 record and its metadata against the network
+    (:func:`~fewseg.engine.checkpoint.load_checkpoint`, :func:`check_preprocessing`): a one-line CheckpointError."""
     ckpt_dir = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_dir)
     if ckpt.meta.get("kind") != "meta" or "config" not in ckpt.meta:
@@ -49,7 +70,8 @@ def load_algorithm(path: str | Path, device: torch.device | str = "cpu"):
     cfg.device = str(device)
     stored = copy.deepcopy(cfg)  # the network is rebuilt without reading pretrained weights: the checkpoint has all
     stored.model.options = weights_free_options(cfg.model.name, cfg.model.options)
-    _, algo = build_all(stored, torch.device(device))
+    _, algo = build_all(stored, torch.device(device))  # checks the network itself first (check_model_input)
+    check_preprocessing(ckpt.meta, stored, ckpt.path / META)
     try:
         algo.load_state_dict(ckpt.tensors)
     except RuntimeError as exc:

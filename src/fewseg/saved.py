@@ -6,8 +6,11 @@ those used at test time: for MAML++ with per-step norms, the final step's) and `
      "adaptation": {"algorithm", "steps", "shots", "support", "checkpoint", "seconds"},
      "versions": {"fewseg", "torch", "python"}}
 
-Written atomically by :func:`~fewseg.engine.checkpoint.save_checkpoint`; read back with safetensors and JSON
-only (no pickle, no code), checking the kind, the format number, the keys and every tensor name and shape.
+Written atomically by :func:`~fewseg.engine.checkpoint.save_checkpoint`, which also records the SHA-256 of
+``weights.safetensors`` and the ``preprocessing.image_size`` it was adapted at in ``meta.json``'s ``"integrity"``;
+read back with safetensors and JSON only (no pickle, no code), checking the kind, the format number, the keys,
+every tensor name and shape, the file against its SHA-256 (:func:`~fewseg.engine.integrity.verify_files`; a model
+saved before that record loads with a warning) and that the network takes images of the recorded size.
 :func:`read_adapted` returns the checked parts; :func:`fewseg.load_adapted` makes the
 :class:`~fewseg.segmenter.AdaptedSegmenter` of them (this module never imports the segmenter).
 
@@ -31,6 +34,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from fewseg.engine.checkpoint import META, WEIGHTS, save_checkpoint
+from fewseg.engine.integrity import input_size_problem, verify_files
 from fewseg.errors import CheckpointError
 from fewseg.models import weights_free_options
 from fewseg.preprocess import Preprocessing
@@ -100,6 +104,7 @@ def read_adapted(path: str | Path) -> AdaptedParts:
         tensors = load_file(str(path / WEIGHTS), device="cpu")
     except Exception as exc:  # noqa: BLE001  (any parse failure -> CheckpointError)
         raise CheckpointError(f"corrupt adapted-model weights {path / WEIGHTS} ({type(exc).__name__})") from None
+    verify_files(path, meta, (WEIGHTS,), what="adapted model")
     name, options = meta["model"]["name"], dict(meta["model"].get("options") or {})
     if name not in MODELS.names():
         raise CheckpointError(f"adapted model {path} uses network {name!r}, unknown to this fewseg "
@@ -117,9 +122,16 @@ def read_adapted(path: str | Path) -> AdaptedParts:
     network.load_state_dict(tensors)
     for p in network.parameters():
         p.requires_grad_(False)
+    if not isinstance(meta["preprocessing"], dict):
+        raise CheckpointError(f"adapted model {path / META}: 'preprocessing' must be a mapping")
     prep = Preprocessing.from_dict(meta["preprocessing"])
-    threshold = float(meta["threshold"])
-    if not 0.0 < threshold < 1.0:
-        raise CheckpointError(f"adapted model {path}: threshold {threshold} is not in (0, 1)")
+    problem = input_size_problem(lambda: MODELS.create(name, **weights_free_options(name, options)), prep.channels,
+                                 prep.image_size)
+    if problem is not None:
+        raise CheckpointError(f"adapted model {path / META}: 'preprocessing.image_size' {prep.image_size} does not "
+                              f"fit its network {name!r}: {problem}")
+    threshold = meta["threshold"]
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 < threshold < 1.0:
+        raise CheckpointError(f"adapted model {path}: threshold {threshold!r} is not a number in (0, 1)")
     info = {**dict(meta.get("adaptation") or {}), "versions": meta.get("versions", {})}
-    return AdaptedParts(network, prep, threshold, meta["model"], info)
+    return AdaptedParts(network, prep, float(threshold), meta["model"], info)

@@ -2,12 +2,15 @@
 
     weights.safetensors   the tensors (safetensors: no pickle, no code)
     meta.json             the caller's JSON-able metadata (config, iteration, ...) plus
-                          ``{"versions": {"fewseg", "torch", "python"}}``
+                          ``{"versions": {"fewseg", "torch", "python"}}`` and ``"integrity"``: the SHA-256
+                          of each other file and the metadata values they describe (:mod:`.integrity`)
     optimizer.pt          optional: optimizer state (and any other plain tensor/number/string dict),
                           read back with ``torch.load(weights_only=True)``
 
-One module: saving, the interrupt guard around its renames and loading (with its fallback to the moved-aside
-copy) are one crash protocol over the same ``.tmp-<pid>``/``.old-<pid>`` names.
+One module: saving, its renames (inside :func:`~fewseg.engine.signals.delay_keyboard_interrupt`) and loading
+(with its fallback to the moved-aside copy) are one crash protocol over the same ``.tmp-<pid>``/``.old-<pid>``
+names. Loading checks each file against the SHA-256 recorded at saving; a checkpoint from before that record
+loads with a warning.
 
 A save writes everything into a sibling ``<dir>.tmp-<pid>`` and fsyncs it; then, inside
 :func:`delay_keyboard_interrupt`, it moves an existing ``<dir>`` aside to ``<dir>.old-<pid>``, renames the
@@ -29,16 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import platform
 import re
-import reprlib
 import shutil
-import signal
-import threading
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,13 +45,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fewseg._version import __version__
-from fewseg.errors import CheckpointError, Terminated
+from fewseg.engine.integrity import (
+    INTEGRITY,
+    check_meta,
+    check_training_state,
+    integrity_record,
+    verify_files,
+)
+from fewseg.engine.signals import delay_keyboard_interrupt, sigterm_as_interrupt
+from fewseg.errors import CheckpointError
 
 __all__ = [
     "META",
     "OPTIMIZER",
     "WEIGHTS",
     "Checkpoint",
+    "check_meta",
     "delay_keyboard_interrupt",
     "load_checkpoint",
     "save_checkpoint",
@@ -63,7 +70,6 @@ __all__ = [
 WEIGHTS = "weights.safetensors"
 META = "meta.json"
 OPTIMIZER = "optimizer.pt"
-_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -79,70 +85,6 @@ class Checkpoint:
     meta: dict[str, Any]
     optimizer_state: dict[str, Any] | None = None
     path: Path = field(default_factory=Path)
-
-
-# --- Ctrl-C --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def delay_keyboard_interrupt() -> Iterator[None]:
-    """Hold back Ctrl-C (SIGINT) and SIGTERM until the block ends, then deliver them.
-
-    While the block runs, both signals are only recorded. Afterwards the previous handlers are restored and
-    each signal that arrived is delivered to its previous handler (Python's default SIGINT handler raises
-    ``KeyboardInterrupt``, as does SIG_DFL; SIG_DFL for SIGTERM terminates the process as the signal would
-    have; SIG_IGN drops it). If the block itself raises, that exception propagates instead. Signal handlers
-    can only be set in the main thread: elsewhere this does nothing.
-
-    Example:
-        >>> from fewseg.engine.checkpoint import delay_keyboard_interrupt
-        >>> with delay_keyboard_interrupt():
-        ...     pass  # a step that must not be cut in half
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[tuple[int, Any]] = []
-    previous = {signum: signal.getsignal(signum) for signum in _HELD_SIGNALS}
-    for signum in _HELD_SIGNALS:
-        signal.signal(signum, lambda signum, frame: received.append((signum, frame)))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-    delivered: set[int] = set()
-    for signum, frame in received:
-        if signum in delivered:
-            continue
-        delivered.add(signum)
-        handler = previous[signum]
-        if callable(handler):
-            handler(signum, frame)
-        elif handler == signal.SIG_IGN:
-            continue
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        else:  # SIG_DFL of SIGTERM: end the process as the signal would have
-            signal.raise_signal(signum)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM raises :class:`~fewseg.errors.Terminated` (a ``KeyboardInterrupt``), so the
-    Ctrl-C paths (finish the checkpoint write, save the resume point, exit) also serve SLURM, Kubernetes and
-    ``timeout``. The previous handler is restored afterwards; off the main thread this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Terminated(f"received signal {signum} (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 # --- saving ---------------------------------------------------------------------------------------------
@@ -231,7 +173,9 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tenso
     final = Path(directory)
     # serialise what can fail before touching the disk
     tensors = _prepare_tensors(tensors)
-    meta_text = json.dumps({**meta, "versions": _versions()}, indent=2)
+    meta = {k: v for k, v in meta.items() if k != INTEGRITY}
+    meta["versions"] = _versions()
+    json.dumps(meta)
     final.parent.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
     tmp = final.with_name(f"{final.name}.tmp-{pid}")
@@ -242,15 +186,16 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, torch.Tenso
         tmp.mkdir()
         save_file(tensors, str(tmp / WEIGHTS))
         _fsync_file(tmp / WEIGHTS)
-        with open(tmp / META, "w", encoding="utf-8") as f:
-            f.write(meta_text)
-            f.flush()
-            os.fsync(f.fileno())
         if optimizer_state is not None:
             with open(tmp / OPTIMIZER, "wb") as f:
                 torch.save(optimizer_state, f)
                 f.flush()
                 os.fsync(f.fileno())
+        meta[INTEGRITY] = integrity_record(tmp, (WEIGHTS, OPTIMIZER), meta)  # of the bytes on disk
+        with open(tmp / META, "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
         _fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -329,54 +274,14 @@ def _check_tensors(tensors: dict[str, torch.Tensor], weights: Path) -> None:
                                   "refusing them rather than predicting empty masks")
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_score(value: Any, optional: bool = False) -> bool:
-    if value is None:
-        return optional
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and -1.0 <= value <= 1.0
-
-
-def check_meta(meta: dict, meta_file: Path) -> None:
-    """The fields of a meta-training checkpoint (``"kind": "meta"``) have the types fewseg writes, or a
-    one-line :class:`CheckpointError` names the field: ``config`` a mapping, ``iteration`` an integer >= 0,
-    ``best_val_miou``/``last_val_miou`` scores in [-1, 1] (or null), ``algorithm_state``/``preprocessing``
-    mappings, ``pending`` null or a mapping."""
-    def bad(key: str, want: str) -> CheckpointError:
-        shown = reprlib.repr(meta.get(key))
-        return CheckpointError(f"checkpoint metadata {meta_file}: {key!r} must be {want}, got {shown}")
-
-    for key in ("config", "iteration"):
-        if key not in meta:
-            raise CheckpointError(f"checkpoint metadata {meta_file} has no {key!r}: not a complete "
-                                  "meta-training checkpoint")
-    if not isinstance(meta["config"], dict):
-        raise bad("config", "a mapping")
-    if not _is_count(meta["iteration"]):
-        raise bad("iteration", "an integer >= 0")
-    if "best_val_miou" in meta and not _is_score(meta["best_val_miou"]):
-        raise bad("best_val_miou", "a number in [-1, 1]")
-    if not _is_score(meta.get("last_val_miou"), optional=True):
-        raise bad("last_val_miou", "a number in [-1, 1] or null")
-    for key in ("algorithm_state", "preprocessing"):
-        if meta.get(key) is not None and not isinstance(meta[key], dict):
-            raise bad(key, "a mapping")
-    pending = meta.get("pending")
-    if pending is not None and not (isinstance(pending, dict) and isinstance(pending.get("record"), dict)
-                                    and isinstance(pending.get("validate"), bool)
-                                    and isinstance(pending.get("best"), bool)):
-        raise bad("pending", "null or {record, validate, best}")
-
-
 def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`, without executing any stored code.
 
     Raises :class:`~fewseg.errors.CheckpointError` with a one-line message naming the path or file
     when the directory or a required file is missing, or a file is corrupt or holds anything but plain
-    data (a pickle referring to code is refused, never run).
+    data (a pickle referring to code is refused, never run), does not match the SHA-256 recorded in
+    ``meta.json``, or a recorded metadata value was edited (:func:`~fewseg.engine.integrity.verify_files`).
+    A checkpoint written before that record existed loads with a warning.
 
     Example:
         >>> import tempfile, torch
@@ -413,4 +318,7 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         except Exception as exc:  # noqa: BLE001  (any parse failure -> CheckpointError)
             raise CheckpointError(f"unreadable or unsafe checkpoint file {opt_file} "
                                   f"({_torch_load_reason(exc)})") from None
+    verify_files(path, meta, (WEIGHTS, OPTIMIZER))
+    if meta.get("kind") == "meta" and optimizer_state is not None:
+        check_training_state(meta, optimizer_state, tensors, meta_file, opt_file)
     return Checkpoint(tensors=tensors, meta=meta, optimizer_state=optimizer_state, path=path)

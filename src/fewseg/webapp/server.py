@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import secrets
 import threading
 import time
@@ -84,6 +85,108 @@ class Results:
             return self.items.get(key)
 
 
+def _threshold(form) -> float | None:
+    """The form's ``threshold`` (None when absent or empty), else an UploadError: a number in (0, 1)."""
+    text = form.get("threshold", "")
+    if text is None or not str(text).strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:  # also NaN
+        raise UploadError(f"threshold must be a number strictly between 0 and 1, got {str(text)[:40]!r}")
+    return value
+
+
+def _check_counts(sup_images: list, sup_masks: list, queries: list, limits: Limits) -> None:
+    """The numbers of support images, masks and images to segment of one request, else an UploadError."""
+    if not sup_images:
+        raise UploadError("add at least one support image with its mask")
+    if len(sup_masks) != len(sup_images):
+        raise UploadError(f"{len(sup_images)} support images but {len(sup_masks)} masks: give every support image a "
+                          "mask (upload one or draw on the image)")
+    if len(sup_images) > limits.support:
+        raise UploadError(f"{len(sup_images)} support images; the page takes 1-{limits.support}")
+    if not queries:
+        raise UploadError("add at least one image to segment")
+    if len(queries) > limits.queries:
+        raise UploadError(f"{len(queries)} images to segment; the limit is {limits.queries} per request")
+
+
+def _read_support(sup_images: list, sup_masks: list, limits: Limits) -> tuple[list, list]:
+    """Decoded support images and their masks (0/1, 255 = void), checked against each other."""
+    images, masks = [], []
+    for i, (fi, fm) in enumerate(zip(sup_images, sup_masks)):
+        name = display_name(fi.filename, f"support_{i + 1}")
+        images.append(as_image(read_upload(fi.read(), name, "image", limits), name))
+        fg, ign = as_mask(read_upload(fm.read(), f"mask of {name}", "mask", limits), f"mask of {name}")
+        if fg.shape != images[-1].shape[:2]:
+            raise UploadError(f"the mask of {name} is {fg.shape[1]}x{fg.shape[0]} but {name} is "
+                              f"{images[-1].shape[1]}x{images[-1].shape[0]}: masks must match their image")
+        if not fg.any():
+            raise UploadError(f"the mask of {name} is empty: mark the object (white or any colour on "
+                              "black), or draw on the image")
+        masks.append(np.where(ign, 255, fg).astype(np.uint8))  # 0/1, 255 = void
+    return images, masks
+
+
+def _segment(adapted, queries: list, threshold: float | None, limits: Limits) -> tuple[list, list]:
+    """(results shown in the page, masks for the zip) of the images to segment, one photo decoded at a time."""
+    names = [display_name(f.filename, f"image_{j + 1}") for j, f in enumerate(queries)]
+    out, zipped = [], []
+    for f, name, stem in zip(queries, names, _unique(names)):
+        img = as_image(read_upload(f.read(), name, "image", limits), name)
+        pred = adapted.predict(img, threshold=threshold)
+        zipped.append((f"{stem}.png", _png(pred.mask.astype(np.uint8) * 255)))
+        out.append({"name": name, "width": int(img.shape[1]), "height": int(img.shape[0]),
+                    "foreground_fraction": round(pred.foreground_fraction, 4),
+                    "confidence": round(pred.confidence, 4),
+                    "overlay": "data:image/png;base64," + base64.b64encode(_png(_preview(img, pred.mask))).decode()})
+        del img, pred
+    return out, zipped
+
+
+def adapt_request(segmenter, request, limits: Limits, results: Results, model_lock: threading.Lock) -> dict:
+    """``POST /api/adapt``: check the whole request (counts, threshold) before any work, adapt, segment; the JSON
+    answer. A bad request is a :class:`~fewseg.errors.FewsegError` (an UploadError or a DataError)."""
+    sup_images, sup_masks = request.files.getlist("support_image"), request.files.getlist("support_mask")
+    queries = request.files.getlist("query")
+    _check_counts(sup_images, sup_masks, queries, limits)
+    threshold = _threshold(request.form)
+    images, masks = _read_support(sup_images, sup_masks, limits)
+    t0 = time.perf_counter()
+    with model_lock:
+        adapted = segmenter.adapt(images, masks)
+    shots = len(images)
+    del images, masks
+    out, zipped = _segment(adapted, queries, threshold, limits)
+    seconds = time.perf_counter() - t0
+    key = results.add(zipped)
+    return {"id": key, "seconds": round(seconds, 3), "shots": shots, "steps": adapted.info["steps"],
+            "zip": f"/api/masks/{key}.zip", "results": out}
+
+
+def model_info(segmenter, limits: Limits) -> dict:
+    """``GET /api/info``: the model and the page's limits."""
+    p = segmenter.preprocessing
+    return {"checkpoint": segmenter.source, "algorithm": segmenter.algorithm.name,
+            "image_size": p.image_size, "resize": p.resize, "channels": p.channels,
+            "steps": segmenter.default_steps, "adaptation": segmenter.describe_adaptation(),
+            "threshold": segmenter.threshold,
+            "max_support": limits.support, "max_queries": limits.queries,
+            "max_file_mb": limits.file_bytes // 2**20, "max_request_mb": limits.request_bytes // 2**20}
+
+
+def zip_of(masks: list[tuple[str, bytes]]) -> bytes:
+    """The masks of one adaptation as a zip (``masks/<name>.png``)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in masks:
+            z.writestr(f"masks/{name}", data)
+    return buf.getvalue()
+
+
 def create_app(segmenter, limits: Limits | None = None):
     """The Flask app serving ``segmenter`` (a :class:`~fewseg.segmenter.Segmenter`), uploads checked against
     ``limits`` (default :class:`~fewseg.webapp.uploads.Limits`)."""
@@ -118,76 +221,21 @@ def create_app(segmenter, limits: Limits | None = None):
 
     @app.get("/api/info")
     def info():
-        p = segmenter.preprocessing
-        return jsonify({"checkpoint": segmenter.source, "algorithm": segmenter.algorithm.name,
-                        "image_size": p.image_size, "resize": p.resize, "channels": p.channels,
-                        "steps": segmenter.default_steps, "adaptation": segmenter.describe_adaptation(),
-                        "threshold": segmenter.threshold,
-                        "max_support": limits.support, "max_queries": limits.queries,
-                        "max_file_mb": limits.file_bytes // 2**20, "max_request_mb": limits.request_bytes // 2**20})
+        return jsonify(model_info(segmenter, limits))
 
     @app.post("/api/adapt")
     def adapt():
-        sup_images, sup_masks = request.files.getlist("support_image"), request.files.getlist("support_mask")
-        queries = request.files.getlist("query")
-        if not sup_images:
-            return fail("add at least one support image with its mask")
-        if len(sup_masks) != len(sup_images):
-            return fail(f"{len(sup_images)} support images but {len(sup_masks)} masks: give every support image a "
-                        "mask (upload one or draw on the image)")
-        if len(sup_images) > limits.support:
-            return fail(f"{len(sup_images)} support images; the page takes 1-{limits.support}")
-        if not queries:
-            return fail("add at least one image to segment")
-        if len(queries) > limits.queries:
-            return fail(f"{len(queries)} images to segment; the limit is {limits.queries} per request")
         try:
-            images, masks = [], []
-            for i, (fi, fm) in enumerate(zip(sup_images, sup_masks)):
-                name = display_name(fi.filename, f"support_{i + 1}")
-                images.append(as_image(read_upload(fi.read(), name, "image", limits), name))
-                fg, ign = as_mask(read_upload(fm.read(), f"mask of {name}", "mask", limits), f"mask of {name}")
-                if fg.shape != images[-1].shape[:2]:
-                    raise UploadError(f"the mask of {name} is {fg.shape[1]}x{fg.shape[0]} but {name} is "
-                                      f"{images[-1].shape[1]}x{images[-1].shape[0]}: masks must match their image")
-                if not fg.any():
-                    raise UploadError(f"the mask of {name} is empty: mark the object (white or any colour on "
-                                      "black), or draw on the image")
-                masks.append(np.where(ign, 255, fg).astype(np.uint8))  # 0/1, 255 = void
-            names = [display_name(f.filename, f"image_{j + 1}") for j, f in enumerate(queries)]
-            threshold = request.form.get("threshold", type=float)
-            t0 = time.perf_counter()
-            with model_lock:
-                adapted = segmenter.adapt(images, masks)
-            shots = len(images)
-            del images, masks
-            out, zipped = [], []
-            for f, name, stem in zip(queries, names, _unique(names)):  # one photo decoded at a time
-                img = as_image(read_upload(f.read(), name, "image", limits), name)
-                pred = adapted.predict(img, threshold=threshold)
-                zipped.append((f"{stem}.png", _png(pred.mask.astype(np.uint8) * 255)))
-                out.append({"name": name, "width": int(img.shape[1]), "height": int(img.shape[0]),
-                            "foreground_fraction": round(pred.foreground_fraction, 4),
-                            "confidence": round(pred.confidence, 4),
-                            "overlay": "data:image/png;base64," + base64.b64encode(_png(_preview(img, pred.mask))).decode()})
-                del img, pred
-            seconds = time.perf_counter() - t0
+            return jsonify(adapt_request(segmenter, request, limits, results, model_lock))
         except FewsegError as exc:
             return fail(str(exc))
-        key = results.add(zipped)
-        return jsonify({"id": key, "seconds": round(seconds, 3), "shots": shots, "steps": adapted.info["steps"],
-                        "zip": f"/api/masks/{key}.zip", "results": out})
 
     @app.get("/api/masks/<key>.zip")
     def download(key: str):
         masks = results.get(key)
         if masks is None:
             return fail("these results are gone (the server keeps the last 16): press Adapt again", 404)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            for name, data in masks:
-                z.writestr(f"masks/{name}", data)
-        return Response(buf.getvalue(), mimetype="application/zip",
+        return Response(zip_of(masks), mimetype="application/zip",
                         headers={"Content-Disposition": "attachment; filename=fewseg_masks.zip"})
 
     return app
@@ -196,6 +244,8 @@ def create_app(segmenter, limits: Limits | None = None):
 def make_server(segmenter, host: str = "127.0.0.1", port: int = 7860, limits: Limits | None = None):
     """A threaded WSGI server for the app (``.serve_forever()``, ``.shutdown()``, ``.server_port``)."""
     from werkzeug.serving import make_server as werkzeug_server
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise FewsegError(f"cannot listen on port {port!r}: a port is 0-65535 (0: any free port)")
     try:
         return werkzeug_server(host, port, create_app(segmenter, limits), threaded=True)
     except OSError as exc:
