@@ -192,6 +192,24 @@ def test_linear_probe_adapts_only_its_head_from_zero():
     assert inside > 0.5 > outside  # it learned the support set
 
 
+
+def test_probe_with_a_hidden_layer_meta_learns_its_head_over_cached_features():
+    import fewseg
+    net = fewseg.create_model("lite-probe", hidden=8)
+    assert [n for n, p in net.named_parameters() if p.requires_grad] == [
+        "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"]
+    assert float(net(torch.rand(1, 3, 32, 32)).abs().max()) == 0.0  # the last layer starts at zero: p = 0.5
+    algo = fewseg.create_algorithm("meta-sgd", net, inner_steps=2, inner_lr=0.1)
+    assert algo.encoder_is_fixed()  # the frozen encoder's features once per task
+    batch = random_batch(T=2, S=2, Q=1, size=32)
+    algo.meta_backward(batch, iteration=0)
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for n, p in net.named_parameters()
+               if n.startswith("head.0"))
+    assert not any(p.grad is not None for n, p in net.named_parameters() if n.startswith("encoder."))
+    with pytest.raises(ValueError, match="hidden"):
+        fewseg.create_model("lite-probe", hidden=-1)
+
+
 TINY = ["model.name=lite-unet", "model.options={pretrained: imagenet, decoder_width: 4, freeze_encoder: true}",
         "data.image_size=32", "algorithm.name=fomaml", "algorithm.inner_steps=1", "algorithm.inner_lr=0.1",
         "train.iterations=2", "train.meta_batch=2", "train.shots=2", "train.queries=2", "train.val_every=2",

@@ -19,7 +19,8 @@ TINY = {
     "algorithm": {"name": "maml", "inner_steps": 1, "inner_lr": 0.1},
     "train": {"iterations": 6, "meta_batch": 2, "shots": 2, "queries": 2, "outer_lr": 0.01, "schedule": "cosine",
               "val_every": 3, "val_episodes": 2, "checkpoint_every": 3},
-    "eval": {"episodes": 2, "shots": [1, 2], "long_steps": 2, "transfer_images": 20},
+    "eval": {"episodes": 2, "shots": [1, 2], "long_steps": 2, "transfer_images": 20, "lr_select_episodes": 4,
+             "probe_steps": [2, 4], "probe_rates": [0.01, 0.1]},
 }
 
 

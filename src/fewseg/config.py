@@ -72,6 +72,9 @@ class DataConfig:
     image_size: int = setting(64, "images and masks are resized to image_size x image_size (at least 8)")
     options: dict = setting({}, "extra dataset keyword arguments (fold, n_folds, min_foreground, resize, ...)")
     augment: bool = setting(False, "joint flips, scale and colour jitter on training episodes")
+    negatives: int | float = setting(0, "support negatives: images of other classes without the episode's class, "
+                                        "with an empty mask; N (whole number, < train.shots): N of each support "
+                                        "set; a fraction p < 1: each support image but one with chance p; 0: off")
 
 
 @dataclass
@@ -142,6 +145,10 @@ class EvalConfig:
     tune_views: int = setting(4, "augmented views of the support image tried at 1 shot by eval.tune (0: none)")
     tune_leave_one_out: bool = setting(True, "try leave-one-out step selection at 2+ shots in eval.tune")
     transfer_images: int = setting(0, "image passes of transfer pre-training (0: as many as meta-training)")
+    probe_steps: list[int] = setting([25, 50, 100, 200], "Adam step counts the linear-probe baseline's schedule "
+                                                         "is chosen from on validation classes")
+    probe_rates: list[float] = setting([0.003, 0.01, 0.03, 0.1], "Adam rates the linear-probe baseline's schedule "
+                                                                 "is chosen from")
     full_resolution: bool = setting(True, "real data: score at the label maps' own size (logits upsampled)")
 
 
@@ -204,6 +211,8 @@ def validate(cfg: Config) -> None:
         ("train.shots", t.shots >= 1, ">= 1"), ("train.queries", t.queries >= 1, ">= 1"),
         ("train.outer_lr", 0 < t.outer_lr < math.inf, "> 0 and finite"),
         ("data.image_size", 8 <= cfg.data.image_size <= MAX_IMAGE_SIZE, f"in [8, {MAX_IMAGE_SIZE}]"),
+        ("data.negatives", _negatives_ok(cfg.data.negatives, t.shots),
+         "a whole number in [0, train.shots) or a fraction in [0, 1)"),
         ("seed", 0 <= cfg.seed <= MAX_SEED - 1, f"in [0, {MAX_SEED - 1}]"),
         ("train.data_seed_offset", 0 <= cfg.seed + t.data_seed_offset <= MAX_SEED,
          f"such that seed + data_seed_offset is in [0, {MAX_SEED}]"),
@@ -224,6 +233,10 @@ def validate(cfg: Config) -> None:
          "a non-empty list of numbers > 0"),
         ("eval.tune_views", e.tune_views >= 0, ">= 0"),
         ("eval.transfer_images", e.transfer_images >= 0, ">= 0"),
+        ("eval.probe_steps", bool(e.probe_steps) and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
+                                                         for k in e.probe_steps), "a non-empty list of integers >= 1"),
+        ("eval.probe_rates", bool(e.probe_rates) and all(_is_number(r) and r > 0 for r in e.probe_rates),
+         "a non-empty list of numbers > 0"),
         ("output", bool(cfg.output.strip()), "a non-empty path"),
     ]
     for key, ok, want in checks:
@@ -306,6 +319,13 @@ def reference_block(path: str | Path) -> str | None:
     text = Path(path).read_text(encoding="utf-8")
     start, end = text.find(REFERENCE_START), text.find(REFERENCE_END)
     return text[start + len(REFERENCE_START):end].strip() if 0 <= start < end else None
+
+
+def _negatives_ok(value, shots: int) -> bool:
+    """``data.negatives``: a count that leaves a positive image in a train.shots support set, or a fraction."""
+    if isinstance(value, int):
+        return value == 0 or 0 <= value < shots
+    return math.isfinite(value) and 0.0 <= value < 1.0
 
 
 def _is_number(value) -> bool:

@@ -25,13 +25,14 @@ from collections.abc import Sequence
 
 import torch
 
+from fewseg.config import EvalConfig
 from fewseg.data.episode import Episode
 from fewseg.metrics import IoUAccumulator, binary_stats
 from fewseg.models.encoded import EncodeOnly
 from fewseg.registry import ALGORITHMS, MODELS
 
-PROBE_STEPS = (25, 50, 100, 200)  # the step counts and Adam rates the probe's schedule is chosen from
-PROBE_RATES = (0.003, 0.01, 0.03, 0.1)
+# the default grid of the probe's schedule: config keys eval.probe_steps, eval.probe_rates
+PROBE_STEPS, PROBE_RATES = tuple(EvalConfig().probe_steps), tuple(EvalConfig().probe_rates)
 
 
 def probe_algorithm(encoder: str = "efficientnet_lite0", pretrained="imagenet", steps: int = 100,

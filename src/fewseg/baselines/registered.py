@@ -84,7 +84,8 @@ def linear_probe(ctx: BaselineContext) -> Method | None:
         episodes = ctx.val_episodes(shots)
         steps, lr = algo.inner_steps, algo.inner_lr
         if episodes:
-            steps, lr, score = select_probe_schedule(algo, episodes, device=ctx.device,
+            steps, lr, score = select_probe_schedule(algo, episodes, ctx.cfg.eval.probe_steps,
+                                                     ctx.cfg.eval.probe_rates, device=ctx.device,
                                                      threshold=ctx.cfg.eval.threshold)
             ctx.log(f"linear-probe, {shots}-shot: {steps} Adam steps at rate {lr:g} chosen on validation classes "
                     f"(val mIoU {100 * score:.1f})")

@@ -109,24 +109,32 @@ class LiteUNet(EncoderUNet):
 
 class LiteProbe(nn.Module):
     """Frozen EfficientNet-Lite features at strides 8 and 16 (L2-normalised per pixel, concatenated at stride 8)
-    and a linear 1x1 classifier, logits bilinearly upsampled to the input size. The head starts at zero (p = 0.5
-    everywhere), so adaptation is logistic regression on the support pixels."""
+    and a 1x1 classifier, logits bilinearly upsampled to the input size. ``hidden=0`` (default): a linear head
+    that starts at zero (p = 0.5 everywhere), so adaptation is logistic regression on the support pixels.
+    ``hidden=N``: a 1x1 conv to N channels, ReLU, and a zero-initialised 1x1 conv to the logit: a small per-pixel
+    MLP for meta-learning (the encoder stays frozen, so its features are computed once per task)."""
 
     head_prefix = "head."
     encoder_prefix = "encoder."
 
     def __init__(self, encoder: str = "efficientnet_lite0", pretrained: bool | str = False, in_channels: int = 3,
-                 normalize: str = "auto", scale: float = 10.0):
+                 normalize: str = "auto", scale: float = 10.0, hidden: int = 0):
         super().__init__()
         self.in_channels, self.encoder_name, self.scale = in_channels, encoder, float(scale)
+        if int(hidden) < 0:
+            raise ValueError(f"lite-probe option hidden must be >= 0, got {hidden!r}")
         self.encoder = build_encoder("lite-probe", encoder, pretrained, in_channels)
         self.encoder.requires_grad_(False)
         apply_batchnorm_policy(self.encoder, "frozen-stats")
         self.batchnorm, self.freeze_encoder = "frozen-stats", True
         channels = sum(self.encoder.stage_channels[s] for s in PROBE_STAGES)
-        self.head = nn.Conv2d(channels, 1, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if int(hidden):
+            self.head = nn.Sequential(nn.Conv2d(channels, int(hidden), 1), nn.ReLU(), nn.Conv2d(int(hidden), 1, 1))
+        else:
+            self.head = nn.Conv2d(channels, 1, 1)
+        last = self.head[-1] if int(hidden) else self.head
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         register_input_statistics(self, _normalization("lite-probe", normalize), in_channels)
 
     @staticmethod
