@@ -4,8 +4,9 @@ adapted model, segment new photos of any size with it.
     python examples/segment_photos.py runs/demo my_class/ photos/ out/
 
 RUN: a run directory (``fewseg demo`` writes runs/demo; ``fewseg train`` any other) or a checkpoint directory.
-SUPPORT: 1-10 images with masks (``cat.jpg`` + ``cat.png``, ``cat_mask.png``, or a ``masks/`` subfolder).
-PHOTOS: the images to segment. OUT: gets ``my_class/`` (the adapted model) and ``<name>.png`` masks.
+SUPPORT: 1-10 images with masks (``cat.jpg`` + ``cat.png``, ``cat_mask.png``, or a ``masks/`` subfolder); an
+all-black mask marks a negative (an image without the class). PHOTOS: the images to segment. OUT: gets
+``my_class/`` (the adapted model), ``<name>.png`` masks and ``<name>_overlay.png`` overlays.
 """
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ adapted.save(out / "my_class")                                      # adapt once
 adapted = fewseg.load_adapted(out / "my_class")                     # ... use many times
 for path in list_images(photos):
     pred = adapted.predict(path)                                    # masks at the photo's own size
+    pred.overlay(alpha=0.5).save(out / f"{path.stem}_overlay.png")  # the mask over the photo; Jupyter shows `pred`
     Image.fromarray(pred.mask.astype(np.uint8) * 255).save(out / f"{path.stem}.png")
     print(f"{path.name}: {pred.mask.shape[1]}x{pred.mask.shape[0]}, foreground {pred.foreground_fraction:.1%}, "
           f"confidence {pred.confidence:.2f}")

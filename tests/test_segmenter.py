@@ -79,7 +79,8 @@ def test_bad_support_sets_fail_in_one_line(seg):
     img, mask = labelled(np.random.default_rng(0), 20, 20)
     for images, masks, message in [([img], [], "1 support images but 0 masks"),
                                    ([], [], "at least one support image"),
-                                   ([img], [np.zeros((20, 20), np.uint8)], "no foreground pixel"),
+                                   ([img], [np.zeros((20, 20), np.uint8)],
+                                    r"no support mask holds foreground \(support mask 0\)"),
                                    ([img], [mask[:10]], "is 20x10 but support image 0 is 20x20"),
                                    (["nowhere.jpg"], [mask], "nowhere.jpg does not exist"),
                                    ([{"not": "an image"}], [mask], "must be a file path, PIL image")]:

@@ -10,10 +10,13 @@ Example (an untrained network; a real one comes from ``seg.adapt(...)`` or ``few
     >>> pred = adapted.predict(np.zeros((20, 30, 3), np.uint8))
     >>> pred.mask.shape, pred.probabilities.dtype, adapted.info["tiling"]
     ((20, 30), dtype('float32'), None)
+    >>> pred.overlay().size, pred._repr_png_()[:4]                   # the mask over the photo (Jupyter shows it)
+    ((30, 20), b'\x89PNG')
 """
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fewseg.engine.folders import OVERLAY_COLOR, overlay
 from fewseg.errors import DataError
 from fewseg.inputs import as_image, as_list, describe, is_batch
 from fewseg.preprocess import Preprocessing
@@ -32,16 +36,58 @@ from fewseg.tiling import INHERIT, Tiling, resolve, tiled_logits
 __all__ = ["AdaptedSegmenter", "Prediction", "load_adapted", "network_with"]
 
 
+DISPLAY_SIDE = 1024             # Jupyter shows a prediction at most this many pixels a side
+
+
 @dataclass
 class Prediction:
-    """One image's result at its own size: ``probabilities`` float32 [H,W], ``mask`` bool [H,W] (p > threshold)."""
+    """One image's result at its own size: ``probabilities`` float32 [H,W], ``mask`` bool [H,W] (p > threshold),
+    ``image``: the photo as it was given to ``predict`` (a path, PIL image, array or tensor; None when not known),
+    read again only by :meth:`overlay`. In Jupyter a prediction shows itself as its overlay (``_repr_png_``)."""
 
     probabilities: np.ndarray
     threshold: float
     mask: np.ndarray = field(init=False)
+    image: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.mask = self.probabilities > self.threshold
+
+    def overlay(self, alpha: float = 0.5, color: tuple[int, int, int] | str = OVERLAY_COLOR, image: Any = None):
+        """The photo with the predicted mask over it, a PIL RGB image of the photo's size: the foreground tinted
+        with ``color`` (RGB 0-255 or a colour name) at opacity ``alpha`` and outlined in green, as the
+        ``overlays/`` that ``fewseg predict`` writes (the defaults give the same pixels). ``image``: the photo,
+        when the prediction does not hold it."""
+        from PIL import Image, ImageColor
+        source = self.image if image is None else image
+        if source is None:
+            raise DataError("this prediction does not hold its photo: give it, overlay(image=...)")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise DataError(f"overlay alpha must be a number in [0, 1], got {alpha!r}")
+        try:
+            rgb = ImageColor.getrgb(color) if isinstance(color, str) else tuple(int(c) for c in color)
+        except (ValueError, TypeError):
+            raise DataError(f"overlay color must be (R, G, B) in 0-255 or a colour name, got {color!r}") from None
+        if len(rgb) < 3 or not all(0 <= c <= 255 for c in rgb[:3]):
+            raise DataError(f"overlay color must be (R, G, B) in 0-255 or a colour name, got {color!r}")
+        photo = as_image(source, describe(source, "image"))
+        if self.mask.shape != photo.shape[:2]:
+            raise DataError(f"the photo is {photo.shape[1]}x{photo.shape[0]} but the mask is "
+                            f"{self.mask.shape[1]}x{self.mask.shape[0]}: give the photo this prediction was made from")
+        return Image.fromarray(overlay(photo, self.mask, alpha, rgb[:3]))
+
+    def _repr_png_(self) -> bytes:
+        """PNG bytes for Jupyter: the overlay (the probability map in grey without the photo), at most
+        :data:`DISPLAY_SIDE` pixels a side."""
+        from PIL import Image
+        if self.image is not None:
+            shown = self.overlay()
+        else:
+            shown = Image.fromarray((np.clip(self.probabilities, 0, 1) * 255 + 0.5).astype(np.uint8))
+        shown.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
+        buffer = io.BytesIO()
+        shown.save(buffer, format="PNG")
+        return buffer.getvalue()
 
     @property
     def foreground_fraction(self) -> float:
@@ -105,14 +151,14 @@ class AdaptedSegmenter:
         if not 0.0 < t < 1.0:
             raise DataError(f"threshold must lie strictly between 0 and 1, got {t}")
         tiling = resolve(self.tiling, tile, overlap)
-        chunk, sizes = [], []
+        chunk, sizes, given = [], [], []
 
         def whole() -> Iterator[Prediction]:
             logits = self.logits(torch.stack(chunk))
-            for lg, hw in zip(logits, sizes):
+            for lg, hw, item in zip(logits, sizes, given):
                 full = self.preprocessing.to_original(lg[None], hw)
-                yield Prediction(torch.sigmoid(full).numpy(), t)
-            chunk.clear(), sizes.clear()
+                yield Prediction(torch.sigmoid(full).numpy(), t, image=item)
+            chunk.clear(), sizes.clear(), given.clear()
 
         for i, item in enumerate(as_list(images)):
             name = describe(item, f"image {i}")
@@ -123,9 +169,10 @@ class AdaptedSegmenter:
                 logits = tiled_logits(arr, tiling, self.logits, self.preprocessing.image_size, self.batch_size,
                                       self.preprocessing.channels, name)
                 del arr
-                yield Prediction(torch.sigmoid_(logits).numpy(), t)
+                yield Prediction(torch.sigmoid_(logits).numpy(), t, image=item)
                 continue
             sizes.append(arr.shape[:2])
+            given.append(item)
             chunk.append(self.preprocessing.image(arr, self.preprocessing.predict_mode, name))
             del arr
             if len(chunk) == self.batch_size:

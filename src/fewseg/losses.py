@@ -2,12 +2,20 @@
 
 Every loss maps (logits [N,1,H,W], target {0,1} [N,1,H,W], ignore bool [N,1,H,W] | None) -> scalar.
 
+An image whose target is all background (a negative support image: it shows none of the class) counts in every
+loss as background pixels; means over foreground (``balanced-bce``) pool the foreground of all N images, and a
+batch without any foreground (or with every pixel ignored) gives a finite loss and gradient, never a division by
+zero.
+
 Example:
     >>> import torch
-    >>> from fewseg.losses import get_loss
+    >>> from fewseg.losses import LOSSES, get_loss
     >>> loss_fn = get_loss("bce+dice")
     >>> round(loss_fn(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8), None).item(), 4)
     1.023
+    >>> empty = torch.zeros(2, 1, 8, 8)                                # two negatives: no foreground at all
+    >>> all(bool(torch.isfinite(fn(torch.randn(2, 1, 8, 8), empty, None))) for fn in LOSSES.values())
+    True
 """
 from __future__ import annotations
 

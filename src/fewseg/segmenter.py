@@ -48,7 +48,7 @@ from fewseg.adapted import AdaptedSegmenter, Prediction, load_adapted, network_w
 from fewseg.algorithms.test_time import adapt_with_plan
 from fewseg.data.episode import check_unit_range
 from fewseg.data.io import image_size
-from fewseg.data.pairing import check_pair
+from fewseg.data.pairing import check_pair, check_positives
 from fewseg.errors import DataError
 from fewseg.inputs import as_image, as_list, as_mask, describe, is_path
 from fewseg.loading import load_algorithm
@@ -103,13 +103,15 @@ class Segmenter:
             return f"{self.default_steps} adaptation steps"
         return "; ".join(f"{s} shot{'s' if s > 1 else ''}: {p.describe()}" for s, p in sorted(plans.items()))
 
-    def prepare_support(self, images: Any, masks: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
-        """(x [S,C,s,s], y [S,1,s,s], ignore [S,1,s,s], names) from support images and masks."""
+    def prepare_support(self, images: Any, masks: Any, positive: list | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+        """(x [S,C,s,s], y [S,1,s,s], ignore [S,1,s,s], names) from support images and masks; ``positive`` (a list)
+        gets whether each mask holds foreground (an empty one: a negative example)."""
         images, masks = as_list(images), as_list(masks)
         self._check_counts(images, masks)
         self._warn_many(len(images))
         xs, ys, igs, names = [], [], [], []
-        for arr, fg, ign, name in self._support_arrays(images, masks):
+        for arr, fg, ign, name in self._support_arrays(images, masks, positive):
             y, ig = self.preprocessing.mask(fg, ign)
             xs.append(self.preprocessing.image(arr, name=name)), ys.append(y), igs.append(ig), names.append(name)
         return torch.stack(xs), torch.stack(ys), torch.stack(igs), names
@@ -122,25 +124,33 @@ class Segmenter:
                           stacklevel=4)
 
     @staticmethod
-    def _support_arrays(images: list, masks: list) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, str]]:
-        """(image [H,W,C], fg bool [H,W], ignore bool [H,W], name) of each support pair, checked, one at a time."""
+    def _support_arrays(images: list, masks: list, positive: list | None = None,
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, str]]:
+        """(image [H,W,C], fg bool [H,W], ignore bool [H,W], name) of each support pair, checked, one at a time.
+        An empty mask is a negative example; once all are read, none holding foreground is a one-line DataError
+        naming the masks. ``positive`` (a list) gets whether each mask holds foreground."""
+        has_fg = [] if positive is None else positive
+        mask_names = []
         for i, (img, msk) in enumerate(zip(images, masks)):
             name, mname = describe(img, f"support image {i}"), describe(msk, f"support mask {i}")
             arr = as_image(img, name)
             fg, ign = as_mask(msk, mname)
-            check_pair(arr, fg, name, mname)
+            check_pair(arr, fg, name, mname, need_foreground=False)
+            has_fg.append(bool(fg.any())), mask_names.append(mname)
             yield arr, fg, ign, name
+        check_positives(has_fg, mask_names)
 
     def prepare_support_patches(self, images: Any, masks: Any, tiling: Tiling, max_patches: int = DEFAULT_MAX_PATCHES,
-                                keep: str = "foreground", seed: int = 0,
+                                keep: str = "foreground", seed: int = 0, positive: list | None = None,
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list, list]:
         """(x [P,C,s,s], y [P,1,s,s], ignore [P,1,s,s], names, chosen) from support images cut into
         ``tiling.tile``-pixel patches (:mod:`fewseg.tiling`): every patch with foreground plus as many background
-        ones (``keep="all"``: every patch), at most ``max_patches``, drawn by a generator seeded by ``seed``;
-        ``chosen`` lists (image index, patch box)."""
+        ones (``keep="all"``: every patch; a negative image, with an empty mask: as many as a positive image's
+        foreground patches on average), at most ``max_patches``, drawn by a generator seeded by ``seed``;
+        ``chosen`` lists (image index, patch box). ``positive``: as in :meth:`prepare_support`."""
         images, masks = as_list(images), as_list(masks)
         self._check_counts(images, masks)
-        pairs = list(self._support_arrays(images, masks))
+        pairs = list(self._support_arrays(images, masks, positive))
         boxes = [patch_flags(fg, tiling.tile) for _, fg, _, _ in pairs]
         chosen = select_patches([[has for _, has in row] for row in boxes], keep, max_patches, seed)
         xs, ys, igs = [], [], []
@@ -164,6 +174,9 @@ class Segmenter:
               patches: str = "foreground") -> AdaptedSegmenter:
         """Adapt to the class marked in ``masks`` (one per image, 1-10 images): the adapted model.
 
+        An all-background mask marks a negative example (the image shows none of the class): its pixels are
+        background in the support loss; at least one mask must hold foreground. ``info["negatives"]`` counts them.
+
         steps: inner steps (None: the checkpoint's test-time plan for this many images, chosen on validation
         classes when it was trained with ``eval.tune``; else its ``eval_steps``).
         tile, overlap: large images at their own resolution (default: this segmenter's ``tiling``; ``tile=None``:
@@ -178,22 +191,26 @@ class Segmenter:
         patched = tiling is not None and any(not tiling.covers(*_size_of(img, i)) for i, img in enumerate(images))
         t0 = time.perf_counter()
         extra: dict = {}
+        positive: list[bool] = []
         if patched:
             self._check_counts(images, masks)
             self._warn_many(len(images))
-            x, y, ignore, names, chosen = self.prepare_support_patches(images, masks, tiling, max_patches, patches)
+            x, y, ignore, names, chosen = self.prepare_support_patches(images, masks, tiling, max_patches, patches,
+                                                                       positive=positive)
             check_unit_range("support patches", x)
             plan = self.algorithm.plan_for(len(names)).override(steps=steps, views=0, leave_one_out=False)
             adapted = adapt_with_plan(self.algorithm, plan, x.to(self.device), y.to(self.device),
                                       ignore.to(self.device).bool())
             extra = {"support_patches": len(chosen), "patches": patches, "max_patches": max_patches}
         else:
-            x, y, ignore, names = self.prepare_support(images, masks)
+            x, y, ignore, names = self.prepare_support(images, masks, positive)
             adapted = self.algorithm.adapt(x.to(self.device), y.to(self.device), steps=steps,
                                            support_ignore=ignore.to(self.device))
+        negatives = positive.count(False)
         network = network_with(self.algorithm.model, adapted.params)
         info = {"algorithm": self.algorithm.name, "steps": adapted.info.get("steps", steps),
-                "plan": adapted.info.get("plan"), "shots": len(names), "support": [Path(n).name for n in names],
+                "plan": adapted.info.get("plan"), "shots": len(names), "negatives": negatives,
+                "support": [Path(n).name for n in names],
                 "checkpoint": self.source, **extra,
                 "seconds": round(time.perf_counter() - t0, 4)}
         return AdaptedSegmenter(network, self.preprocessing, self.threshold, self.model_config, info, self.device,

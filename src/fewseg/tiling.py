@@ -285,8 +285,14 @@ def select_patches(flags: list[list[bool]], keep: str = "foreground", max_patche
 
     flags[i][j]: patch j of image i holds foreground. ``keep="all"``: every patch; ``"foreground"``: every patch
     with foreground plus as many background patches of the same image (drawn at random, at least one where the
-    image has one). At most ``max_patches`` in all: a random subset, at least half of it foreground where there
-    is that much. Deterministic: the draws come from a generator seeded by ``seed``.
+    image has one); a negative image (no foreground patch: its mask is empty) gives as many background patches as
+    the positive images have foreground patches on average (at least one), so that it weighs like one of them.
+    At most ``max_patches`` in all: a random subset, at least half of it foreground where there is that much.
+    Deterministic: the draws come from a generator seeded by ``seed``.
+
+    Example (image 0 has foreground in 2 of its 4 patches, image 1 is a negative):
+        >>> select_patches([[True, False, True, False], [False, False, False, False]], seed=0)
+        [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 3)]
     """
     if keep not in ("foreground", "all"):
         raise ConfigError(f"support patches: keep must be 'foreground' or 'all', got {keep!r}")
@@ -294,11 +300,13 @@ def select_patches(flags: list[list[bool]], keep: str = "foreground", max_patche
         raise ConfigError(f"max_patches must be an integer >= 1, got {max_patches!r}")
     g = torch.Generator().manual_seed(seed)
     fore, back = [], []
+    counts = [sum(row) for row in flags if any(row)]
+    per_negative = max(1, round(sum(counts) / len(counts))) if counts else 1
     for i, row in enumerate(flags):
         f = [(i, j) for j, has in enumerate(row) if has]
         b = [(i, j) for j, has in enumerate(row) if not has]
         if keep == "foreground" and b:
-            n = min(len(b), max(1, len(f)))
+            n = min(len(b), max(1, len(f)) if f else per_negative)
             b = [b[k] for k in sorted(torch.randperm(len(b), generator=g)[:n].tolist())]
         fore += f
         back += b

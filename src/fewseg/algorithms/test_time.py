@@ -12,6 +12,12 @@ per shot count; 0 steps (the initialisation as it is) is always a candidate, so 
 never scores below doing nothing. The chosen plans are stored in checkpoints (``algorithm_state.test_time``) and
 used by ``evaluate``, ``adapt`` and :func:`fewseg.load` unless the caller overrides them.
 
+Negative support images (an all-background mask: the image shows none of the class) take part in every step; a
+plan is the one for the number of support images, negatives included. Augmented views are copies of the
+*positive* images only, and leave-one-out never holds out the only positive: it runs when two or more images show
+the class (holding out each image whose removal leaves a positive; a held-out negative adds its false positives
+to the pooled IoU), else the plan's step count is taken as it is.
+
 Example:
     >>> import torch, fewseg
     >>> algo = fewseg.create_algorithm("maml", fewseg.create_model("seed-cnn", width=4), inner_steps=1)
@@ -108,7 +114,8 @@ VIEW_AUGMENT = JointAugment(flip=True, scale=None, crop_area=(0.6, 1.0), crop_as
 
 
 def augment_views(x: torch.Tensor, y: torch.Tensor, ignore: torch.Tensor | None, views: int, seed: int = 0):
-    """The support set followed by ``views`` augmented copies of it: (x, y, ignore) with S * (1 + views) images.
+    """The support set followed by ``views`` augmented copies of it: (x, y, ignore) with S * (1 + views) images
+    (with negatives, images whose mask is empty, the copies are of the P positive images: S + P * views images).
 
     Each copy is :data:`VIEW_AUGMENT` (the training augmentation, :class:`~fewseg.data.transforms.JointAugment`)
     applied per image: a horizontal flip (p = 0.5), a crop of 60-100% of the area (aspect 3/4-4/3) resized back
@@ -121,12 +128,35 @@ def augment_views(x: torch.Tensor, y: torch.Tensor, ignore: torch.Tensor | None,
     gen = torch.Generator().manual_seed(int(seed))
     ign = torch.zeros_like(y, dtype=torch.bool) if ignore is None else ignore
     xs, ys, igs = [x], [y], [ign]
+    shown = positives(y)
+    copied = [i for i, p in enumerate(shown) if p] if any(shown) else list(range(x.shape[0]))
     for _ in range(views):
-        for i in range(x.shape[0]):
+        for i in copied:
             xi, yi, gi = VIEW_AUGMENT(x[i], y[i], ign[i], gen)
             xs.append(xi[None]), ys.append(yi[None]), igs.append(gi[None])
     out_ignore = torch.cat(igs) if ignore is not None or any(g.any() for g in igs) else None
     return torch.cat(xs), torch.cat(ys), out_ignore
+
+
+def positives(y: torch.Tensor) -> list[bool]:
+    """Whether each support mask y [S,1,H,W] holds foreground (False: a negative image)."""
+    return (y.reshape(y.shape[0], -1) > 0).any(dim=1).tolist()
+
+
+def leave_one_out_applies(y: torch.Tensor) -> bool:
+    """Whether leave-one-out can pick a step count for support masks ``y``: two or more images show the class (a
+    support set without any positive: two or more images)."""
+    shown = positives(y)
+    return sum(shown) >= 2 or (not any(shown) and len(shown) >= 2)
+
+
+def held_out(y: torch.Tensor) -> list[int]:
+    """The images leave-one-out holds out: each one whose removal leaves a positive image (all of them when no
+    image is positive)."""
+    shown = positives(y)
+    if not any(shown):
+        return list(range(len(shown)))
+    return [j for j in range(len(shown)) if sum(shown) - shown[j] >= 1]
 
 
 # --- adaptation with a plan ----------------------------------------------------------------------------
@@ -135,7 +165,8 @@ def _pooled_iou(inter: float, union: float) -> float:
 
 
 def leave_one_out_scores(algo, plan: AdaptationPlan, x, y, ignore, seed: int = 0, threshold: float = 0.5) -> list:
-    """Pooled IoU of the held-out images after k = 0..plan.steps steps, each image held out once (S >= 2)."""
+    """Pooled IoU of the held-out images after k = 0..plan.steps steps, each image of :func:`held_out` held out
+    once (S >= 2; never the only positive image)."""
     inter, union = [0.0] * (plan.steps + 1), [0.0] * (plan.steps + 1)
     n = x.shape[0]
 
@@ -145,7 +176,7 @@ def leave_one_out_scores(algo, plan: AdaptationPlan, x, y, ignore, seed: int = 0
         inter[k] += float(stats.fg_inter.sum())
         union[k] += float(stats.fg_union.sum())
 
-    for j in range(n):
+    for j in held_out(y):
         keep = [i for i in range(n) if i != j]
         xs, ys, igs = augment_views(x[keep], y[keep], None if ignore is None else ignore[keep], plan.views, seed)
         adapted = algo.adapt_run(xs, ys, igs, 0, plan.lr_scale, plan.lr)
@@ -162,7 +193,7 @@ def best_steps(scores: Sequence[float], cap: int) -> int:
 def adapt_with_plan(algo, plan: AdaptationPlan, x, y, ignore, seed: int = 0):
     """Adapt ``algo`` to checked support tensors following ``plan``; ``.info`` records what was done."""
     steps = plan.steps
-    if plan.leave_one_out and x.shape[0] >= 2 and steps > 0:
+    if plan.leave_one_out and x.shape[0] >= 2 and steps > 0 and leave_one_out_applies(y):
         steps = best_steps(leave_one_out_scores(algo, plan, x, y, ignore, seed), plan.steps)
     xs, ys, igs = augment_views(x, y, ignore, plan.views, seed)
     adapted = algo.adapt_run(xs, ys, igs, steps, plan.lr_scale, plan.lr)
@@ -210,7 +241,7 @@ def _score_candidates(algo, episodes, grid, scales, modes, threshold, seed, devi
             ep = ep.to(device)
             x = ep.support_x
             y, ign = algo._check_support(x, ep.support_y, ep.support_ignore)
-            if loo:
+            if loo and leave_one_out_applies(y):
                 plan = AdaptationPlan(top, scale, views, loo)
                 held_out = leave_one_out_scores(algo, plan, x, y, ign, seed, threshold)
                 picks = {cap: best_steps(held_out, cap) for cap in grid if cap > 0}

@@ -36,7 +36,13 @@ class Prototypes:
 
 @dataclass
 class PrototypeLearner:
-    """Foreground/background prototypes from the support set; no gradient steps at test time."""
+    """Foreground/background prototypes from the support set; no gradient steps at test time.
+
+    Each prototype pools its pixels over all support images at once: a negative image (an empty mask: it shows
+    none of the class) adds nothing to the foreground prototype and all its (non-ignored) pixels to the
+    background one. A support set without foreground gives a zero foreground prototype (cosine 0 everywhere),
+    never NaN.
+    """
 
     encoder: Callable[[torch.Tensor], torch.Tensor]
     scale: float = 20.0

@@ -29,7 +29,7 @@ import numpy as np
 from fewseg.data.io import IMAGE_EXTS
 from fewseg.errors import DataError
 
-__all__ = ["MASK_SUFFIX", "check_pair", "expected_masks", "pair_images"]
+__all__ = ["MASK_SUFFIX", "check_pair", "check_positives", "expected_masks", "pair_images"]
 
 MASK_SUFFIX = "_mask"  # ``<stem>_mask.png`` is the mask of image ``<stem>``
 
@@ -83,11 +83,31 @@ def expected_masks(image: Path, mask_dir: Path | None = None) -> list[Path]:
     return [image.parent / n for n in names]
 
 
-def check_pair(image: np.ndarray, fg: np.ndarray, image_name: str, mask_name: str) -> None:
-    """A one-line DataError unless the mask ``fg`` [H,W] is the size of ``image`` [H,W,...] and holds foreground
-    (a class's image without it teaches nothing)."""
+def check_pair(image: np.ndarray, fg: np.ndarray, image_name: str, mask_name: str,
+               need_foreground: bool = True) -> None:
+    """A one-line DataError unless the mask ``fg`` [H,W] is the size of ``image`` [H,W,...] and, with
+    ``need_foreground`` (a class folder's item: an image of the class without it teaches nothing), holds
+    foreground. Support images of :func:`fewseg.load` pass ``need_foreground=False``: an empty mask is a
+    negative example (this image shows none of the class), and :func:`check_positives` asks for one positive."""
     if fg.shape != image.shape[:2]:
         raise DataError(f"{mask_name} is {fg.shape[1]}x{fg.shape[0]} but {image_name} is "
                         f"{image.shape[1]}x{image.shape[0]}")
-    if not fg.any():
+    if need_foreground and not fg.any():
         raise DataError(f"{mask_name} has no foreground pixel")
+
+
+def check_positives(has_foreground: list[bool], mask_names: list[str]) -> None:
+    """A one-line DataError naming the masks when none of a support set's masks holds foreground: images with an
+    empty mask are negatives (they show what the class is not), and at least one image must show the class.
+
+    Example:
+        >>> check_positives([False, True], ["a.png", "b.png"])
+        >>> check_positives([False, False], ["a.png", "b.png"])
+        Traceback (most recent call last):
+        ...
+        fewseg.errors.DataError: no support mask holds foreground (a.png, b.png): at least one image must show the class (images with an empty mask are negatives: they show what it is not)
+    """
+    if not any(has_foreground):
+        few = ", ".join(mask_names[:5]) + (f" ... (+{len(mask_names) - 5})" if len(mask_names) > 5 else "")
+        raise DataError(f"no support mask holds foreground ({few}): at least one image must show the class "
+                        "(images with an empty mask are negatives: they show what it is not)")

@@ -10,16 +10,25 @@ Example:
     >>> episodes = sampler.fixed_episodes(4)   # a fixed list for evaluation
     >>> len(episodes), tuple(episodes[0].query_x.shape)
     (4, (1, 3, 16, 16))
+
+Support negatives (``negatives``, off by default): some support images are images of *other* classes that do not
+show the episode's class, with an all-background mask, as users label them ("this image has none of it"):
+
+    >>> sampler = fewseg.EpisodeSampler(ds, shots=3, queries=1, seed=0, negatives=2)
+    >>> ep = sampler.sample()
+    >>> sorted(int(m.sum() > 0) for m in ep.support_y)   # 2 negatives (empty masks), 1 positive
+    [0, 0, 1]
 """
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 
 from fewseg.choices import CLASS_SAMPLING
-from fewseg.data.base import SegmentationDataset
+from fewseg.data.base import Sample, SegmentationDataset
 from fewseg.data.episode import Episode, MetaBatch, collate
 from fewseg.errors import DataError
 
@@ -37,13 +46,23 @@ class EpisodeSampler:
     drawn with ``self.generator``, holding the class in the support set. ``separate_sources`` (default: the
     dataset's, on with ``patch``): where several items share a source image (``dataset.source_of``), the support
     and the query items come from disjoint sets of source images, and a class that cannot fill both is skipped.
+
+    Support negatives (``negatives``; default 0, off: episodes exactly as without the option): a whole number N
+    makes N of the ``shots`` support images negatives (at most ``shots - 1``: one positive image always stays); a
+    fraction p in (0, 1) makes each support image but one a negative with probability p (drawn per episode). A
+    negative is an item of another class of the dataset (uniformly drawn, whether or not that class has enough
+    images for episodes of its own) whose image does not show the episode's class (:func:`holds_class`), loaded
+    as that class's item (augmented like the others) with an all-background mask: its pixels count as
+    background in the support loss. Negatives take random places in the support set; the ``shots - negatives``
+    positives are drawn as before, the queries are unchanged.
     """
 
     def __init__(self, dataset: SegmentationDataset, shots: int = 5, queries: int = 5, seed: int = 0,
                  strict: bool = False, augment: Callable | None = None, class_sampling: str = "uniform",
-                 separate_sources: bool | None = None):
+                 separate_sources: bool | None = None, negatives: float = 0):
         if shots < 1 or queries < 1:
             raise ValueError(f"shots and queries must be >= 1, got shots={shots}, queries={queries}")
+        self.negatives = check_negatives(negatives)
         if class_sampling not in CLASS_SAMPLING:
             raise ValueError(f"class_sampling must be one of {', '.join(CLASS_SAMPLING)}; got {class_sampling!r}")
         self.class_sampling = class_sampling
@@ -81,6 +100,19 @@ class EpisodeSampler:
             if strict or not self.classes:
                 raise DataError(msg + ("" if self.classes else "; no class is left to sample"))
             warnings.warn(msg + "; skipping them", stacklevel=2)
+        # support negatives: the images of every class of the split, episodes' classes or not
+        self._pool: dict[int, list] = {}
+        if self.negatives:
+            if not can_tell_classes(dataset):
+                raise DataError(f"support negatives need to know which images show a class, and {dataset.name} "
+                                "cannot tell (give the dataset a holds_class(key, own_class, class_id) method)")
+            for c in dataset.class_ids():
+                items = self._items[c] if c in self._items else list(dataset.items(c))
+                if items:
+                    self._pool[c] = items
+            if len(self._pool) < 2:
+                raise DataError(f"support negatives are images of other classes, but {dataset.name} has "
+                                f"{len(self._pool)} class(es) with images")
 
     def _randint(self, n: int) -> int:
         return int(torch.randint(n, (1,), generator=self.generator))
@@ -101,35 +133,80 @@ class EpisodeSampler:
         if c not in self._items:
             raise DataError(f"class {c} is not available in this sampler (too few images or other split)")
         items = self._items[c]
+        n_neg = self._negative_count()
+        shots = self.shots - n_neg  # the positives
         if c in self._groups:
-            order = self._separate_order(self._groups[c])
+            order = self._separate_order(self._groups[c], shots)
         else:
-            order = torch.randperm(len(items), generator=self.generator)[: self.shots + self.queries].tolist()
-        samples = []
+            order = torch.randperm(len(items), generator=self.generator)[: shots + self.queries].tolist()
+        samples, keys = [], [items[i] for i in order]
         for n, i in enumerate(order):
-            if self.patched:  # a crop drawn with this sampler's generator
-                s = self.dataset.load_patch(items[i], c, self.generator, "support" if n < self.shots else "query")
-            else:
-                s = self.dataset.load(items[i], c)
-            if self.augment is not None:
-                s.image, s.mask, s.ignore = self.augment(s.image, s.mask, s.ignore, self.generator)
-            samples.append(s)
+            samples.append(self._load(items[i], c, "support" if n < shots else "query"))
+        if n_neg:
+            negatives = self._negatives(c, n_neg)
+            support = list(zip(keys[:shots], samples[:shots])) + [(k, self._load(k, o, "support", negative=True))
+                                                                for k, o in negatives]
+            support = [support[i] for i in torch.randperm(self.shots, generator=self.generator).tolist()]
+            keys = [k for k, _ in support] + keys[shots:]
+            samples = [s for _, s in support] + samples[shots:]
 
         def stack(part: list, field: str) -> torch.Tensor:
             return torch.stack([getattr(s, field) for s in part])
 
         sup, qry = samples[: self.shots], samples[self.shots:]
         return Episode(stack(sup, "image"), stack(sup, "mask"), stack(qry, "image"), stack(qry, "mask"),
-                       stack(sup, "ignore"), stack(qry, "ignore"), c, tuple(items[i] for i in order))
+                       stack(sup, "ignore"), stack(qry, "ignore"), c, tuple(keys))
 
-    def _separate_order(self, groups: list[list[int]]) -> list[int]:
+    def _load(self, key: Hashable, c: int, role: str, negative: bool = False) -> Sample:
+        """Item ``key`` of class ``c`` (a crop drawn with this sampler's generator for patch datasets), augmented;
+        ``negative``: with an all-background mask."""
+        if self.patched:
+            s = self.dataset.load_patch(key, c, self.generator, role)
+        else:
+            s = self.dataset.load(key, c)
+        if negative:
+            s = Sample(s.image, torch.zeros_like(s.mask), s.ignore)
+        if self.augment is not None:
+            s.image, s.mask, s.ignore = self.augment(s.image, s.mask, s.ignore, self.generator)
+        return s
+
+    def _negative_count(self) -> int:
+        """How many of this episode's support images are negatives (no draw when the option is off)."""
+        if not self.negatives or self.shots < 2:
+            return 0
+        if isinstance(self.negatives, int):
+            return min(self.negatives, self.shots - 1)
+        return int((torch.rand(self.shots - 1, generator=self.generator) < self.negatives).sum())
+
+    def _negatives(self, c: int, n: int) -> list[tuple[Hashable, int]]:
+        """``n`` (key, own class) items of other classes whose images do not show class ``c``, all different."""
+        others = [k for k in self._pool if k != c]
+        source_of = getattr(self.dataset, "source_of", None)
+        chosen, seen, tries = [], set(), 0
+        while len(chosen) < n:
+            if tries >= MAX_NEGATIVE_TRIES * n:
+                raise DataError(f"{self.dataset.name}: found {len(chosen)} of {n} support negatives for class "
+                                f"{self.dataset.class_names[c]!r} in {tries} draws of other classes' images (nearly "
+                                "all of them show it)")
+            tries += 1
+            other = others[self._randint(len(others))]
+            key = self._pool[other][self._randint(len(self._pool[other]))]
+            source = (other, key if source_of is None else source_of(key))
+            if source in seen or holds_class(self.dataset, key, other, c):
+                continue
+            seen.add(source)
+            chosen.append((key, other))
+        return chosen
+
+    def _separate_order(self, groups: list[list[int]], shots: int | None = None) -> list[int]:
         """Item indices: ``shots`` support items, then ``queries`` query items, of disjoint source images."""
+        shots = self.shots if shots is None else shots
         perm = torch.randperm(len(groups), generator=self.generator).tolist()
-        split = _split_sources(groups, perm, self.shots, self.queries)
+        split = _split_sources(groups, perm, shots, self.queries)
         if split is None:  # this order cannot fill both sides: largest images first (feasible, checked at init)
-            split = _split_sources(groups, _largest_first(groups, perm), self.shots, self.queries)
+            split = _split_sources(groups, _largest_first(groups, perm), shots, self.queries)
         support, query = ([i for g in side for i in groups[g]] for side in split)
-        pick_s = torch.randperm(len(support), generator=self.generator)[:self.shots].tolist()
+        pick_s = torch.randperm(len(support), generator=self.generator)[:shots].tolist()
         pick_q = torch.randperm(len(query), generator=self.generator)[:self.queries].tolist()
         return [support[k] for k in pick_s] + [query[k] for k in pick_q]
 
@@ -144,6 +221,42 @@ class EpisodeSampler:
     def __iter__(self) -> Iterator[Episode]:
         while True:
             yield self.sample()
+
+
+MAX_NEGATIVE_TRIES = 200  # draws per wanted negative before giving up (every other image showing the class)
+
+
+def check_negatives(negatives: float) -> float:
+    """The ``negatives`` option checked: an int >= 0 (that many negatives) or a float fraction in [0, 1) (the
+    chance of each support image but one being a negative); 0 (off) as the int 0."""
+    if isinstance(negatives, bool) or not isinstance(negatives, (int, float)):
+        raise TypeError(f"negatives must be a whole number >= 0 or a fraction in [0, 1), got {negatives!r}")
+    if isinstance(negatives, int):
+        if negatives < 0:
+            raise ValueError(f"negatives must be a whole number >= 0 or a fraction in [0, 1), got {negatives!r}")
+        return int(negatives)
+    if not (math.isfinite(negatives) and 0.0 <= negatives < 1.0):
+        raise ValueError(f"negatives as a fraction must lie in [0, 1) (a whole number gives a count), "
+                         f"got {negatives!r}")
+    return float(negatives) if negatives > 0 else 0
+
+
+def holds_class(dataset: SegmentationDataset, key: Hashable, own_class: int, class_id: int) -> bool:
+    """Whether image ``key`` (an item of ``own_class``) may show ``class_id``, so that it cannot be a support
+    negative of it: the dataset's own ``holds_class`` (label maps and annotations know), else, for the synthetic
+    set, whether ``class_id`` is among the image's distractors."""
+    own = getattr(dataset, "holds_class", None)
+    if own is not None:
+        return bool(own(key, own_class, class_id))
+    render = getattr(dataset, "render", None)
+    if render is not None:  # the synthetic set: other classes appear as distractors
+        return int(class_id) in render(own_class, key).distractor_classes
+    raise DataError(f"{dataset.name} cannot tell which images show a class (no holds_class method)")
+
+
+def can_tell_classes(dataset: SegmentationDataset) -> bool:
+    """Whether :func:`holds_class` can answer for ``dataset``."""
+    return getattr(dataset, "holds_class", None) is not None or getattr(dataset, "render", None) is not None
 
 
 def _by_source(items: list, source_of: Callable) -> list[list[int]]:

@@ -52,13 +52,19 @@ def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     return mask & ~inner
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image with its foreground tinted red and outlined in green (uint8 [H,W,3]), the outline about
-    1/150 of the shorter side thick so that it shows on a large photo too."""
+OVERLAY_COLOR = (255, 30, 30)   # the foreground tint of overlays (fewseg predict's and Prediction.overlay's)
+OUTLINE_COLOR = (0, 255, 0)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5,
+            color: tuple[int, int, int] = OVERLAY_COLOR) -> np.ndarray:
+    """``image`` [H,W,C] (uint8, or float in [0, 1]) with ``mask`` bool [H,W] tinted ``color`` at opacity ``alpha``
+    and outlined in green (uint8 [H,W,3]), the outline about 1/150 of the shorter side thick so that it shows on a
+    large photo too."""
     out = display_rgb(image).copy()
     if mask.any():
-        out[mask] = (0.5 * out[mask] + np.array([127.5, 15.0, 15.0])).astype(np.uint8)
-        out[outline(mask, max(1, min(8, min(mask.shape) // 150)))] = (0, 255, 0)
+        out[mask] = ((1.0 - alpha) * out[mask] + alpha * np.asarray(color, dtype=np.float64)).astype(np.uint8)
+        out[outline(mask, max(1, min(8, min(mask.shape) // 150)))] = OUTLINE_COLOR
     return out
 
 

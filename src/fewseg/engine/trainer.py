@@ -105,10 +105,10 @@ class Trainer:
         self.val_set = build_dataset(cfg.data, "val", cfg.seed, model_channels(cfg))
         self.sampler = EpisodeSampler(self.train_set, cfg.train.shots, cfg.train.queries,
                                       seed=cfg.seed + cfg.train.data_seed_offset, augment=make_augment(cfg),
-                                      class_sampling=cfg.train.class_sampling)
+                                      class_sampling=cfg.train.class_sampling, negatives=cfg.data.negatives)
         self.model, self.algo = build_all(cfg, self.device, class_counts=self.sampler.class_counts())
-        self.val_episodes = EpisodeSampler(self.val_set, cfg.train.shots, cfg.train.queries,
-                                           seed=cfg.seed + 1).fixed_episodes(cfg.train.val_episodes)
+        self.val_episodes = EpisodeSampler(self.val_set, cfg.train.shots, cfg.train.queries, seed=cfg.seed + 1,
+                                           negatives=cfg.data.negatives).fixed_episodes(cfg.train.val_episodes)
         params = list(self.algo.parameters())
         if cfg.train.outer_optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=cfg.train.outer_lr)

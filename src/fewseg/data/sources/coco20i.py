@@ -145,6 +145,11 @@ class Coco20iDataset(SegmentationDataset):
                             f"{self.annotation_file}")
         return self._image_of[key]
 
+    def holds_class(self, key: Hashable, own_class: int, class_id: int) -> bool:
+        """Whether image ``key`` has any annotation of ``class_id``, crowd regions included (support negatives
+        are images without one; :class:`fewseg.data.sampler.EpisodeSampler`)."""
+        return self._image_of[key] in self.index.by_class.get(class_id, {})
+
     def labels(self, key: Hashable, class_id: int) -> np.ndarray:
         """uint8 [H,W] at the image's own size: 1 = the class (all instances merged), 255 = ignore, 0 = rest."""
         image_id = self._check(key, class_id)

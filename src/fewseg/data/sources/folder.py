@@ -222,6 +222,12 @@ class FolderDataset(PatchSource, SegmentationDataset):
             self._items[class_id] = [f"{name}/{f}" for f in keep]
         return self.patch_keys(list(self._items[class_id]))
 
+    def holds_class(self, key: Hashable, own_class: int, class_id: int) -> bool:
+        """Whether image ``key`` shows ``class_id``: a class folder labels its images for its own class only, and
+        they are taken to show no other (as in FSS-1000), so only ``own_class`` (support negatives of a class are
+        other folders' images; :class:`fewseg.data.sampler.EpisodeSampler`)."""
+        return int(class_id) == int(own_class)
+
     def _native_pair(self, key: Hashable, class_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Path]:
         """(image uint8 [H,W,3], fg bool [H,W], ignore bool [H,W], mask path) of item ``key``, checked."""
         if key not in self._paths or self._paths[key][0] != class_id:

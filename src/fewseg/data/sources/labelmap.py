@@ -219,6 +219,15 @@ class LabelMapDataset(PatchSource, SegmentationDataset):
                             f"of {self.root}")
         return self.patch_keys(list(self._items[class_id]))
 
+    def holds_class(self, key: Hashable, own_class: int, class_id: int) -> bool:
+        """Whether the label map of image ``key`` has any pixel of ``class_id`` (support negatives are images
+        without it; :class:`fewseg.data.sampler.EpisodeSampler`)."""
+        stem = self.source_of(key)
+        fractions = self.__dict__.get("_all_fractions")
+        if fractions is None:  # the scan behind the class lists (cached), read once per dataset
+            fractions = self._all_fractions = label_fractions(self._label_paths[stem].parent)
+        return fractions.get(stem, {}).get(int(class_id), 0.0) > 0
+
     def native(self, stem: str, class_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Image uint8 [H,W,3] and labels uint8 [H,W] (1 = ``class_id``, 255 = ignore, 0 = the rest) at the
         image's own size (for patches)."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 
 from fewseg.data.base import Sample, SegmentationDataset
+from fewseg.data.sampler import holds_class
 from fewseg.errors import DataError, FewsegError
 from fewseg.registry import DATASETS
 
@@ -117,6 +118,13 @@ class MixtureDataset(SegmentationDataset):
         if not (isinstance(key, tuple) and len(key) == 2 and key[0] == d):
             raise DataError(f"image key {key!r} is not a key of domain {self.prefixes[d]!r} of this mixture")
         return self.domains[d].load(key[1], c)
+
+    def holds_class(self, key: Hashable, own_class: int, class_id: int) -> bool:
+        """Whether image ``key`` may show ``class_id``: the domain's answer within a domain; across domains
+        unknown, so yes (support negatives come from the class's own domain)."""
+        d, own = self._split_id(own_class)
+        d2, c = self._split_id(class_id)
+        return d != d2 or holds_class(self.domains[d], key[1], own, c)
 
     # --- patches of large images (a domain's ``patch`` option, :mod:`fewseg.data.patches`) -------------------
     @property
