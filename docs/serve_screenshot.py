@@ -75,7 +75,7 @@ def main(checkpoint: str, output: str) -> None:
         chain.release().perform()
         driver.find_element(By.ID, "query-files").send_keys("\n".join(str(p) for p in queries))
         driver.find_element(By.ID, "adapt").click()
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "img.overlay")) == 3)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "canvas.overlay")) == 3)
         time.sleep(0.5)
         driver.save_screenshot(output)
         print(f"wrote {output}")

@@ -165,7 +165,8 @@ def cmd_export(args) -> None:
 
 def cmd_serve(args) -> None:
     from fewseg.webapp.server import serve
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, tile=args.tile,
+          overlap=args.overlap)
 
 
 def _segmenting_options(s: argparse.ArgumentParser, threshold_help: str) -> None:
@@ -277,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=cli_args.port_arg, default=7860, help="0-65535 (0: any free port)")
     s.add_argument("--device", default="cpu")
+    from fewseg.tiling import overlap_arg
+    s.add_argument("--tile", type=count_int, default=None, metavar="PIXELS", help="large images at their own "
+                   "resolution: adapt on PIXELS x PIXELS patches, segment window by window (0: whole images)")
+    s.add_argument("--overlap", type=overlap_arg, default=None, help="of neighbouring windows with --tile: a "
+                   "fraction of the tile below 1 (default 0.25) or whole pixels from 1 up")
     s.set_defaults(func=cmd_serve)
     return p
 
