@@ -144,7 +144,7 @@ def test_the_demo_trains_the_shipped_recipe_changing_only_name_output_device_and
     assert demo == {k: v for k, v in config_from_dict(DEMO_RECIPE).to_dict().items() if k not in ("name", "output")}
     assert demo_config(tmp_path, seed=3).seed == 3
     quick = demo_config(tmp_path, quick=True)
-    assert quick.train.iterations == 20 and quick.model == demo_config(tmp_path).model
+    assert quick.train.iterations == 10 and quick.model == demo_config(tmp_path).model
 
 
 # --- the algorithm section derives from fewseg.algorithms.options; user errors at load (exit code 2) ------------

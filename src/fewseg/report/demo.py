@@ -24,8 +24,9 @@ from fewseg.registry import BASELINES
 from fewseg.report.plots import plot_curves, plot_overlay_grid, plot_training
 
 RECIPE = "synthetic_maml"  # shipped in fewseg/configs; settings chosen on val classes
-QUICK = ["train.iterations=20", "train.val_every=10", "train.val_episodes=6", "train.checkpoint_every=10",
-         "eval.episodes=6", "eval.long_steps=5", "eval.transfer_images=200", "eval.lr_select_episodes=3"]
+QUICK = ["train.iterations=10", "train.meta_batch=2", "train.val_every=5", "train.val_episodes=4",
+         "train.checkpoint_every=5", "eval.episodes=4", "eval.long_steps=5", "eval.transfer_images=100",
+         "eval.lr_select_episodes=2"]
 
 
 REPRODUCIBILITY_NOTE = (

@@ -32,7 +32,6 @@ Example:
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from importlib.resources import files
@@ -42,115 +41,21 @@ import numpy as np
 from fewseg.data.io import IMAGE_EXTS
 from fewseg.data.pairing import MASK_SUFFIX
 from fewseg.errors import FewsegError
-from fewseg.inputs import as_image, as_mask
+from fewseg.inputs import as_image
 from fewseg.webapp import sessions
-from fewseg.webapp.sessions import Item, Result, Store, data_url, png
+from fewseg.webapp.forms import (
+    check_counts,
+    check_queries,
+    parse_threshold,
+    read_mask,
+    read_support,
+    segment_images,
+    support_kinds,
+)
+from fewseg.webapp.sessions import Result, Store, data_url, png
 from fewseg.webapp.uploads import Limits, UploadError, display_name, read_upload
 
 STATIC = ("app.js", "pairing.js")  # served under /static/
-KINDS = ("mask", "none")           # support_kind: a mask file follows, or no object of the class (empty mask)
-
-
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        stem = n.rsplit(".", 1)[0]
-        seen[stem] = seen.get(stem, 0) + 1
-        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return out
-
-
-def _threshold(values, default: float | None = None) -> float | None:
-    """``values["threshold"]`` (a form or query string; ``default`` when absent or empty), else an UploadError:
-    a number strictly between 0 and 1."""
-    text = values.get("threshold", "")
-    if text is None or not str(text).strip():
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 < value < 1.0:  # also NaN
-        raise UploadError(f"threshold must be a number strictly between 0 and 1, got {str(text)[:40]!r}")
-    return value
-
-
-def _support_kinds(form, n_images: int) -> list[str]:
-    """Per support image, ``mask`` (a mask file follows) or ``none`` (an empty mask); all ``mask`` when absent."""
-    kinds = form.getlist("support_kind")
-    if not kinds:
-        return ["mask"] * n_images
-    if len(kinds) != n_images:
-        raise UploadError(f"{n_images} support images but {len(kinds)} support_kind values: give one per image")
-    for k in kinds:
-        if k not in KINDS:
-            raise UploadError(f"support_kind must be 'mask' or 'none' (no object of the class), got {k[:40]!r}")
-    return kinds
-
-
-def _check_counts(sup_images: list, sup_masks: list, kinds: list[str], queries: list, limits: Limits) -> None:
-    """The numbers of support images, masks and images to segment of one request, else an UploadError."""
-    if not sup_images:
-        raise UploadError("add at least one support image with its mask")
-    wanted = kinds.count("mask")
-    if len(sup_masks) != wanted:
-        extra = f" ({len(kinds) - wanted} marked as none of the class)" if wanted < len(kinds) else ""
-        raise UploadError(f"{len(sup_images)} support images{extra} but {len(sup_masks)} masks: give every support "
-                          "image a mask (upload one or draw on the image) or mark it as none of the class")
-    if len(sup_images) > limits.support:
-        raise UploadError(f"{len(sup_images)} support images; the page takes 1-{limits.support}")
-    _check_queries(queries, limits)
-
-
-def _check_queries(queries: list, limits: Limits) -> None:
-    if not queries:
-        raise UploadError("add at least one image to segment")
-    if len(queries) > limits.queries:
-        raise UploadError(f"{len(queries)} images to segment; the limit is {limits.queries} per request")
-
-
-def _read_mask(image: np.ndarray, upload, name: str, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
-    """(foreground, void) of the uploaded mask of ``image``, checked against the image's size."""
-    fg, ign = as_mask(read_upload(upload.read(), f"mask of {name}", "mask", limits), f"mask of {name}")
-    if fg.shape != image.shape[:2]:
-        raise UploadError(f"the mask of {name} is {fg.shape[1]}x{fg.shape[0]} but {name} is "
-                          f"{image.shape[1]}x{image.shape[0]}: masks must match their image")
-    return fg, ign
-
-
-def _read_support(sup_images: list, sup_masks: list, kinds: list[str], limits: Limits) -> tuple[list, list]:
-    """Decoded support images and their masks (0/1, 255 = void); an empty mask is a negative example, and at
-    least one image must show the object."""
-    images, masks, uploads = [], [], iter(sup_masks)
-    for i, (fi, kind) in enumerate(zip(sup_images, kinds)):
-        name = display_name(fi.filename, f"support_{i + 1}")
-        images.append(as_image(read_upload(fi.read(), name, "image", limits), name))
-        if kind == "none":
-            masks.append(np.zeros(images[-1].shape[:2], np.uint8))
-            continue
-        fg, ign = _read_mask(images[-1], next(uploads), name, limits)
-        masks.append(np.where(ign, 255, fg).astype(np.uint8))  # 0/1, 255 = void
-    if not any((m == 1).any() for m in masks):
-        raise UploadError("mark the object in at least one support image (images marked as none of the class, "
-                          "or with an empty mask, only show what the class is not)")
-    return images, masks
-
-
-def _segment(adapted, queries: list, threshold: float, limits: Limits) -> tuple[list[dict], list[Item]]:
-    """(results shown in the page, kept probabilities) of the images to segment, one photo decoded at a time."""
-    names = [display_name(f.filename, f"image_{j + 1}") for j, f in enumerate(queries)]
-    out, items = [], []
-    for f, name, stem in zip(queries, names, _unique(names)):
-        img = as_image(read_upload(f.read(), name, "image", limits), name)
-        pred = adapted.predict(img, threshold=threshold)
-        q = sessions.quantize(pred.probabilities)
-        items.append(Item(name, stem, q))
-        out.append({"name": name, "width": int(img.shape[1]), "height": int(img.shape[0]),
-                    **sessions.stats(q, threshold), "image": sessions.photo_preview(img),
-                    "probabilities": sessions.probability_preview(pred.probabilities)})
-        del img, pred
-    return out, items
 
 
 class App:
@@ -174,17 +79,17 @@ class App:
         """``POST /api/adapt``: check the whole request (counts, kinds, threshold) before any work, adapt, segment."""
         sup_images, sup_masks = request.files.getlist("support_image"), request.files.getlist("support_mask")
         queries = request.files.getlist("query")
-        kinds = _support_kinds(request.form, len(sup_images))
-        _check_counts(sup_images, sup_masks, kinds, queries, self.limits)
-        threshold = _threshold(request.form, self.segmenter.threshold)
-        images, masks = _read_support(sup_images, sup_masks, kinds, self.limits)
+        kinds = support_kinds(request.form, len(sup_images))
+        check_counts(sup_images, sup_masks, kinds, queries, self.limits)
+        threshold = parse_threshold(request.form, self.segmenter.threshold)
+        images, masks = read_support(sup_images, sup_masks, kinds, self.limits)
         negatives = sum(not (m == 1).any() for m in masks)
         t0 = time.perf_counter()
         with self.model_lock:
             adapted = self.segmenter.adapt(images, masks)
         adapted.info.setdefault("negatives", negatives)
         del images, masks
-        out, items = _segment(adapted, queries, threshold, self.limits)
+        out, items = segment_images(adapted, queries, threshold, self.limits)
         model_id = self.models.add(adapted)
         result = Result(model_id, threshold, items)
         key = self.results.add(result, model_id)
@@ -196,10 +101,10 @@ class App:
         if adapted is None:
             return None
         queries = request.files.getlist("query")
-        _check_queries(queries, self.limits)
-        threshold = _threshold(request.form, adapted.threshold)
+        check_queries(queries, self.limits)
+        threshold = parse_threshold(request.form, adapted.threshold)
         t0 = time.perf_counter()
-        out, items = _segment(adapted, queries, threshold, self.limits)
+        out, items = segment_images(adapted, queries, threshold, self.limits)
         result = Result(model_id, threshold, items)
         key = self.results.add(result)
         return self.answer(key, result, adapted, out, time.perf_counter() - t0)
@@ -212,7 +117,7 @@ class App:
             raise UploadError("send an image and its mask")
         name = display_name(fi.filename, "image")
         image = as_image(read_upload(fi.read(), name, "image", self.limits), name)
-        fg, ign = _read_mask(image, fm, name, self.limits)
+        fg, ign = read_mask(image, fm, name, self.limits)
         shown = np.where(ign, 128, np.where(fg, 255, 0)).astype(np.uint8)
         return {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
                 "foreground_fraction": round(float(fg.mean()), 4), "void_fraction": round(float(ign.mean()), 4),
@@ -238,7 +143,6 @@ def create_app(segmenter, limits: Limits | None = None, keep: int = sessions.KEE
     ``limits`` (default :class:`~fewseg.webapp.uploads.Limits`); ``keep`` adaptations and results kept, their
     probabilities within ``budget`` bytes."""
     from flask import Flask, Response, jsonify, request
-    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
     state = App(segmenter, limits, keep, budget)
     limits = state.limits
@@ -248,30 +152,7 @@ def create_app(segmenter, limits: Limits | None = None, keep: int = sessions.KEE
     static = files("fewseg.webapp") / "static"
     page = (static / "index.html").read_text(encoding="utf-8")
     scripts = {name: (static / name).read_text(encoding="utf-8") for name in STATIC}
-    gone = "these results are gone (the server keeps the last 16): press Adapt again"
-
-    def fail(message: str, status: int = 400):
-        return jsonify({"error": message}), status
-
-    def result_or_none(key: str):
-        return state.results.get(key)
-
-    @app.errorhandler(RequestEntityTooLarge)
-    def too_large(exc):
-        return fail(f"upload too large: the limit is {limits.request_bytes / 2**20:.0f} MB per request", 413)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc):
-        return fail(exc.description.splitlines()[0] if exc.description else exc.name, exc.code or 400)
-
-    @app.errorhandler(FewsegError)
-    def user_error(exc):
-        return fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-
-    @app.errorhandler(Exception)
-    def internal(exc):  # a bug: one line, never a traceback
-        text = str(exc).strip().splitlines()
-        return fail(f"internal error ({type(exc).__name__}{': ' + text[0][:200] if text else ''})", 500)
+    _add_error_handlers(app, limits)
 
     @app.get("/")
     def index():
@@ -301,12 +182,52 @@ def create_app(segmenter, limits: Limits | None = None, keep: int = sessions.KEE
         return fail("this adapted model is gone (the server keeps the last 16): press Adapt again", 404) \
             if body is None else jsonify(body)
 
+    _add_result_routes(app, state)
+    return app
+
+
+def fail(message: str, status: int = 400):
+    """The JSON answer of every failure: ``{"error": "<one line>"}`` and its status."""
+    from flask import jsonify
+    return jsonify({"error": message}), status
+
+
+def _add_error_handlers(app, limits: Limits) -> None:
+    """Every failure one line of JSON: too large (413), HTTP errors, user errors (400), bugs (500)."""
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc):
+        return fail(f"upload too large: the limit is {limits.request_bytes / 2**20:.0f} MB per request", 413)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        return fail(exc.description.splitlines()[0] if exc.description else exc.name, exc.code or 400)
+
+    @app.errorhandler(FewsegError)
+    def user_error(exc):
+        return fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+    @app.errorhandler(Exception)
+    def internal(exc):  # a bug: one line, never a traceback
+        text = str(exc).strip().splitlines()
+        return fail(f"internal error ({type(exc).__name__}{': ' + text[0][:200] if text else ''})", 500)
+
+
+def _add_result_routes(app, state: App) -> None:
+    """The routes over kept results: re-cut at a threshold, masks and the adapted model as zips."""
+    from flask import Response, jsonify, request
+    gone = "these results are gone (the server keeps the last 16): press Adapt again"
+
+    def result_or_none(key: str):
+        return state.results.get(key)
+
     @app.get("/api/results/<key>")
     def rethreshold(key: str):
         result = result_or_none(key)
         if result is None:
             return fail(gone, 404)
-        t = _threshold(request.args, result.threshold)
+        t = parse_threshold(request.args, result.threshold)
         return jsonify({"id": key, "threshold": t, "zip": f"/api/masks/{key}.zip?threshold={t}",
                         "model": f"/api/model/{key}.zip?threshold={t}", "results": result.stats(t)})
 
@@ -315,7 +236,7 @@ def create_app(segmenter, limits: Limits | None = None, keep: int = sessions.KEE
         result = result_or_none(key)
         if result is None:
             return fail(gone, 404)
-        data = result.masks_zip(_threshold(request.args, result.threshold))
+        data = result.masks_zip(parse_threshold(request.args, result.threshold))
         return Response(data, mimetype="application/zip",
                         headers={"Content-Disposition": "attachment; filename=fewseg_masks.zip"})
 
@@ -325,11 +246,9 @@ def create_app(segmenter, limits: Limits | None = None, keep: int = sessions.KEE
         adapted = None if result is None else state.models.get(result.model_id)
         if adapted is None:
             return fail(gone, 404)
-        data = sessions.model_zip(adapted, _threshold(request.args, result.threshold))
+        data = sessions.model_zip(adapted, parse_threshold(request.args, result.threshold))
         return Response(data, mimetype="application/zip",
                         headers={"Content-Disposition": f"attachment; filename={sessions.MODEL_FOLDER}.zip"})
-
-    return app
 
 
 def make_server(segmenter, host: str = "127.0.0.1", port: int = 7860, limits: Limits | None = None):
