@@ -125,7 +125,8 @@ def cmd_evaluate(args) -> None:
                            seed=args.seed, output=args.output, device=args.device)
     evaluate_checkpoint(args.checkpoint, shots=args.shots, episodes=args.episodes, queries=args.queries,
                         steps=args.steps, seed=args.seed, baselines=args.baselines, dataset=args.dataset,
-                        data_root=args.data_root, output=args.output, device=args.device)
+                        data_root=args.data_root, output=args.output, device=args.device, tile=args.tile,
+                        overlap=args.overlap)
 
 
 def cmd_demo(args) -> None:
@@ -234,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--explain", action="store_true", help="task-attention: mean attention of each test class over "
                    "the memory slots and the training classes sharing them (explain.json, explain.png)")
     s.add_argument("--device", default="cpu")
+    from fewseg.tiling import overlap_arg
+    s.add_argument("--tile", type=count_int, default=None, metavar="PIXELS", help="large images at their own "
+                   "resolution: adapt on PIXELS x PIXELS patches of the support images, predict each query window "
+                   "by window, score at the label maps' size (0: whole images; default: the run's eval.tile)")
+    s.add_argument("--overlap", type=overlap_arg, default=None, help="of neighbouring windows with --tile: a "
+                   "fraction of the tile below 1 or whole pixels from 1 up (default: the run's eval.overlap, 0.25)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("demo", help="meta-train on the embedded synthetic set, evaluate vs baselines, report")

@@ -150,6 +150,12 @@ class EvalConfig:
     probe_rates: list[float] = setting([0.003, 0.01, 0.03, 0.1], "Adam rates the linear-probe baseline's schedule "
                                                                  "is chosen from")
     full_resolution: bool = setting(True, "real data: score at the label maps' own size (logits upsampled)")
+    tile: int | None = setting(None, "large images at their own resolution: adapt on tile x tile pixel patches of "
+                                     "each test episode's support images, predict each query window by window "
+                                     "and score it at its label map's size (`fewseg evaluate --tile`; null or 0: "
+                                     "whole images resized to data.image_size)")
+    overlap: float = setting(0.25, "of neighbouring windows with eval.tile: a fraction of the tile below 1, or "
+                                   "whole pixels from 1 up (`fewseg evaluate --overlap`)")
 
 
 @dataclass
@@ -237,6 +243,9 @@ def validate(cfg: Config) -> None:
                                                          for k in e.probe_steps), "a non-empty list of integers >= 1"),
         ("eval.probe_rates", bool(e.probe_rates) and all(_is_number(r) and r > 0 for r in e.probe_rates),
          "a non-empty list of numbers > 0"),
+        ("eval.tile", e.tile is None or e.tile >= 0, "null, or a whole number of pixels >= 1 (0: no tiling)"),
+        ("eval.overlap", _overlap_ok(e.overlap, e.tile),
+         "a fraction of the tile in [0, 1) or a whole number of pixels >= 1, below eval.tile"),
         ("output", bool(cfg.output.strip()), "a non-empty path"),
     ]
     for key, ok, want in checks:
@@ -326,6 +335,15 @@ def _negatives_ok(value, shots: int) -> bool:
     if isinstance(value, int):
         return value == 0 or 0 <= value < shots
     return math.isfinite(value) and 0.0 <= value < 1.0
+
+
+def _overlap_ok(value: float, tile: int | None) -> bool:
+    """``eval.overlap``: a fraction in [0, 1), or whole pixels from 1 up and below ``eval.tile`` (when set)."""
+    if not math.isfinite(value) or value < 0:
+        return False
+    if value < 1:
+        return True
+    return value == int(value) and (not tile or value < tile)
 
 
 def _is_number(value) -> bool:

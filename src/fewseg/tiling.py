@@ -45,8 +45,8 @@ from fewseg.data.transforms import content_box, resize_pair, to_original
 from fewseg.errors import ConfigError, DataError
 
 __all__ = ["DEFAULT_MAX_PATCHES", "DEFAULT_OVERLAP", "INHERIT", "Tiling", "blend_window", 
-           "make_tiling", "overlap_arg", "patch_flags", "select_patches", "support_patch", "tile_boxes", "tile_options", "tile_starts",
-           "tiled_logits"]
+           "make_tiling", "overlap_arg", "patch_flags", "select_patches", "support_patch", "support_patches", "tile_boxes",
+           "tile_options", "tile_starts", "tiled_logits"]
 
 DEFAULT_OVERLAP = 0.25       # a quarter of the tile
 DEFAULT_MAX_PATCHES = 32     # support patches per adaptation (all support images together)
@@ -319,3 +319,29 @@ def select_patches(flags: list[list[bool]], keep: str = "foreground", max_patche
         pick_b = sorted(torch.randperm(len(back), generator=g)[:nb].tolist())
         chosen = [fore[k] for k in pick_f] + [back[k] for k in pick_b]
     return sorted(chosen)
+
+
+def support_patches(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tile: int, size: int,
+                    channels: int | None = None, max_patches: int = DEFAULT_MAX_PATCHES, keep: str = "foreground",
+                    seed: int = 0, names: list[str] | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, tuple[int, int, int, int]]]]:
+    """The support patches of whole support images, stacked: (x [P,C,S,S], y [P,1,S,S], ignore [P,1,S,S] bool,
+    chosen), where ``pairs`` holds (image [H,W,C], fg bool [H,W], ignore bool [H,W]) per support image and
+    ``chosen`` lists (image index, patch box) of each patch; which patches: :func:`select_patches` over the
+    :func:`patch_flags` grid of ``tile`` pixels, each patch by :func:`support_patch`.
+
+    Example (one 40 x 50 image whose foreground lies in one of its six 20 px patches):
+        >>> image = np.zeros((40, 50, 3), np.uint8); fg = np.zeros((40, 50), bool); fg[:10, :10] = True
+        >>> x, y, ignore, chosen = support_patches([(image, fg, np.zeros_like(fg))], 20, size=8)
+        >>> tuple(x.shape), [box for _, box in chosen]
+        ((2, 3, 8, 8), [(0, 0, 20, 20), (20, 30, 20, 20)])
+    """
+    boxes = [patch_flags(fg, tile) for _, fg, _ in pairs]
+    chosen = select_patches([[has for _, has in row] for row in boxes], keep, max_patches, seed)
+    xs, ys, igs = [], [], []
+    for i, j in chosen:
+        image, fg, ignore = pairs[i]
+        x, y, ig = support_patch(image, fg, ignore, boxes[i][j][0], size, channels,
+                                 names[i] if names else f"support image {i}")
+        xs.append(x), ys.append(y), igs.append(ig)
+    return torch.stack(xs), torch.stack(ys), torch.stack(igs), [(i, boxes[i][j][0]) for i, j in chosen]

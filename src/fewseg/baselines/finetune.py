@@ -25,6 +25,10 @@ class FineTuned:
     model: torch.nn.Module
 
     @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)  # [N,1,H,W]
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.model(images))  # [N,1,H,W]
 
@@ -69,3 +73,12 @@ class PerShotLearner:
     def adapt(self, support_x, support_y, support_ignore=None):
         shots = nearest_shots(self.learners, support_x.shape[0])
         return self.learners[shots].adapt(support_x, support_y, support_ignore=support_ignore)
+
+    def adapt_patches(self, support_x, support_y, support_ignore, images: int):
+        """Support patches cut from ``images`` support images (tiled evaluation): the learner chosen for that many
+        images, on the patches (its own ``adapt_patches`` where it has one)."""
+        learner = self.learners[nearest_shots(self.learners, images)]
+        own = getattr(learner, "adapt_patches", None)
+        if callable(own):
+            return own(support_x, support_y, support_ignore, images)
+        return learner.adapt(support_x, support_y, support_ignore=support_ignore)

@@ -2,7 +2,9 @@
 
 Any *learner* works: an object with ``adapt(support_x, support_y, support_ignore=None) -> predictor``
 whose ``predict(images [N,3,H,W]) -> [N,1,H,W]`` gives foreground probabilities. Test-time adaptation
-never builds a second-order graph.
+never builds a second-order graph. With a tiling (``evaluate(..., tiled=...)``, :mod:`fewseg.engine.tiled_eval`)
+episodes are scored at the images' own resolution; a learner may then offer ``adapt_patches(x, y, ignore, images)``
+(support patches cut from ``images`` support images) and a predictor ``logits(images)``.
 
 Example:
     >>> import fewseg
@@ -23,6 +25,7 @@ from typing import Protocol
 import torch
 
 from fewseg.algorithms.base import Adapted, MetaAlgorithm
+from fewseg.algorithms.test_time import adapt_with_plan
 from fewseg.data.episode import Episode
 from fewseg.data.transforms import to_original
 from fewseg.distributed import SINGLE, ProcessGroup
@@ -54,12 +57,20 @@ class MetaLearner:
                                     support_ignore=support_ignore, views=self.views,
                                     leave_one_out=self.leave_one_out)
 
+    def adapt_patches(self, support_x, support_y, support_ignore, images: int) -> Adapted:
+        """Adaptation on support patches cut from ``images`` support images (tiled evaluation), as
+        :meth:`fewseg.Segmenter.adapt` with a tile: the plan for that many *images* (with this learner's
+        ``steps`` and ``lr`` overrides), without augmented views or leave-one-out (the patches are the data)."""
+        support_y, support_ignore = self.algorithm._check_support(support_x, support_y, support_ignore)
+        plan = self.algorithm.plan_for(images).override(steps=self.steps, lr=self.lr, views=0, leave_one_out=False)
+        return adapt_with_plan(self.algorithm, plan, support_x, support_y, support_ignore)
+
 
 def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0.5,
              device: torch.device | str = "cpu",
              on_episode: Callable[[int, Episode, torch.Tensor], None] | None = None,
              full_resolution: FullResolution | None = None, group: ProcessGroup = SINGLE,
-             domain_of: Callable[[int], str] | None = None) -> dict:
+             domain_of: Callable[[int], str] | None = None, tiled=None) -> dict:
     """Adapt on each episode's support set, predict its queries, accumulate per-class stats -> summary.
 
     full_resolution(key, class_id) -> (mask [1,1,H,W], ignore [1,1,H,W], box) | None: when given (real
@@ -70,10 +81,20 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0
     process would.
     domain_of(class_id) -> domain name: when given (a mixture of domains), the summary also holds
     ``per_domain``: {domain: the same summary over that domain's episodes only}.
+    tiled: a :class:`fewseg.engine.tiled_eval.TiledEvaluation` (or None: none): each episode's images at their own
+    resolution, adapted on support patches, queries predicted window by window and scored at their label maps'
+    size (those within one tile as without it); ``on_episode`` then gets None for the probabilities.
     """
     totals = []  # (episode index, class id, [fg_inter, fg_union, bg_inter, bg_union])
     for i in group.shard(len(episodes)):
         ep = episodes[i].to(device)
+        if tiled is not None:
+            probs = None
+            stats = tiled.episode_stats(learner, ep, threshold, full_resolution, device)
+            totals.append((i, ep.class_id, [float(torch.as_tensor(x).sum().item()) for x in stats]))
+            if on_episode is not None:
+                on_episode(i, ep, probs)
+            continue
         predictor = learner.adapt(ep.support_x, ep.support_y, support_ignore=ep.support_ignore)
         with torch.no_grad():
             probs = predictor.predict(ep.query_x)  # [Q,1,H,W]

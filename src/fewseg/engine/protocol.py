@@ -18,7 +18,9 @@ from fewseg.data.base import SegmentationDataset
 from fewseg.data.sampler import EpisodeSampler
 from fewseg.distributed import SINGLE, ProcessGroup
 from fewseg.engine.evaluator import MetaLearner, evaluate
+from fewseg.engine.tiled_eval import TiledEvaluation
 from fewseg.registry import BASELINES
+from fewseg.tiling import Tiling
 
 __all__ = ["Method", "build_methods", "format_domain_table", "format_table", "run_protocol"]
 
@@ -51,12 +53,17 @@ def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int | None, baselines
 
 def run_protocol(methods: list[Method], test_set: SegmentationDataset, shots_list: list[int], queries: int,
                  episodes: int, seed: int, device, log: Callable[[str], None] = print,
-                 full_resolution: bool = True, threshold: float = 0.5, group: ProcessGroup = SINGLE) -> dict:
+                 full_resolution: bool = True, threshold: float = 0.5, group: ProcessGroup = SINGLE,
+                 tiling: Tiling | None = None, channels: int | None = None) -> dict:
     """{shots: {method: summary + budget + seconds}} on fixed, seeded test episodes per shot count.
 
     full_resolution: score against the original label maps when the dataset offers them (real data).
-    threshold: foreground probability cut (``eval.threshold``). group: ranks that share the episodes."""
+    threshold: foreground probability cut (``eval.threshold``). group: ranks that share the episodes.
+    tiling: large images at their own resolution (``eval.tile``; :mod:`fewseg.engine.tiled_eval`): every method
+    adapts on support patches and predicts queries window by window, scored at their label maps' size; the same
+    episodes. channels: the networks' input channels (tiled images are converted to them)."""
     original = getattr(test_set, "full_resolution", None) if full_resolution else None
+    tiled = None if tiling is None else TiledEvaluation.for_dataset(test_set, tiling, channels)
     domain_of = _domains(test_set)
     results: dict = {}
     for shots in shots_list:
@@ -65,7 +72,7 @@ def run_protocol(methods: list[Method], test_set: SegmentationDataset, shots_lis
         for m in methods:
             t0 = time.perf_counter()
             summary = evaluate(m.learner, eps, threshold=threshold, device=device, full_resolution=original,
-                               group=group, domain_of=domain_of)
+                               group=group, domain_of=domain_of, tiled=tiled)
             summary.update(budget=m.budget, seconds=time.perf_counter() - t0)
             results[shots][m.name] = summary
             log(f"{shots}-shot {m.name}: mIoU {100 * summary['miou']:.1f} ({time.perf_counter() - t0:.0f}s)")

@@ -17,6 +17,7 @@ from fewseg.engine.builders import build_dataset, model_channels
 from fewseg.engine.eval_settings import eval_settings
 from fewseg.engine.folders import predict_folder
 from fewseg.engine.protocol import build_methods, format_domain_table, format_table, run_protocol
+from fewseg.engine.tiled_eval import TiledEvaluation
 from fewseg.errors import DataError
 from fewseg.loading import load_algorithm, resolve_checkpoint, run_dir_of  # noqa: F401  (still importable here)
 from fewseg.registry import BASELINES
@@ -34,11 +35,16 @@ def describe_split(split: str, d: dict, limit: int = 400) -> str:
 
 
 def evaluate_checkpoint(checkpoint, shots=None, episodes=None, queries=None, steps=None, seed=0, baselines=None,
-                        dataset=None, data_root=None, output=None, device="cpu", log=print) -> dict:
+                        dataset=None, data_root=None, output=None, device="cpu", log=print, tile=None,
+                        overlap=None) -> dict:
     """Score the checkpoint (and baselines) on test classes; print the table, write JSON; return results.
 
     shots, episodes, queries: None reads them from the run's stored ``eval`` config; pixels count as
     foreground above its ``eval.threshold``. baselines: None for none, an empty list for all of them.
+    tile, overlap: large images at their own resolution (``--tile PX --overlap F``; None: the run's ``eval.tile``
+    and ``eval.overlap``, ``tile=0``: none): each episode's support images are adapted on as tile-pixel patches
+    and each query is predicted window by window and scored at its label map's size
+    (:mod:`fewseg.engine.tiled_eval`), for the meta-learned model and every baseline.
     Under ``torchrun`` the test episodes are split across ranks and their intersection/union sums gathered
     (the same table as one process); rank 0 prepares the cached transfer network first, prints and writes.
     """
@@ -48,7 +54,7 @@ def evaluate_checkpoint(checkpoint, shots=None, episodes=None, queries=None, ste
         log = _silent
     try:
         return _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, dataset, data_root, output,
-                         device, log, group)
+                         device, log, group, tile, overlap)
     finally:
         close_process_group()
 
@@ -58,16 +64,18 @@ def _silent(*_args, **_kwargs) -> None:
 
 
 def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, dataset, data_root, output, device, log,
-              group) -> dict:
+              group, tile=None, overlap=None) -> dict:
     cfg, algo, ckpt_dir = load_algorithm(checkpoint, device)
-    settings = eval_settings(cfg, shots, episodes, queries)
-    shots, episodes, queries = settings.shots, settings.episodes, settings.queries
+    settings = eval_settings(cfg, shots, episodes, queries, tile, overlap)
+    shots, episodes, queries, tiling = settings.shots, settings.episodes, settings.queries, settings.tiling
     if dataset is None:
         test_set = build_dataset(cfg.data, "test", cfg.seed, model_channels(cfg))
     else:  # cross-dataset: every class of a dataset the model never saw
         test_set = build_dataset(DataConfig(name=dataset, root=data_root, image_size=cfg.data.image_size),
                                  "all" if data_root is not None or dataset != cfg.data.name else "test", cfg.seed,
                                  model_channels(cfg))
+    if tiling is not None:  # a dataset without images at their own size: one line before any baseline's work
+        TiledEvaluation.for_dataset(test_set, tiling)
     log(describe_split("test", test_set.describe()))
     train_set = build_dataset(cfg.data, "train", cfg.seed, model_channels(cfg)) if baselines else None
     val_set = build_dataset(cfg.data, "val", cfg.seed, model_channels(cfg)) if baselines else None
@@ -82,9 +90,14 @@ def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, data
     if cached and group.is_main:
         group.barrier()
     results = run_protocol(methods, test_set, shots, queries, episodes, seed, device, log,
-                           full_resolution=cfg.eval.full_resolution, threshold=cfg.eval.threshold, group=group)
+                           full_resolution=cfg.eval.full_resolution, threshold=cfg.eval.threshold, group=group,
+                           tiling=tiling, channels=model_channels(cfg))
     scored_at = ("original label resolution" if cfg.eval.full_resolution and hasattr(test_set, "full_resolution")
                  else f"{cfg.data.image_size}x{cfg.data.image_size}")
+    if tiling is not None:  # images within one tile are scored as without tiling (scored_at above)
+        within = "" if scored_at == "original label resolution" else f", images within one tile at {scored_at}"
+        scored_at = (f"original label resolution, images larger than {tiling.tile} px predicted in tiles of "
+                     f"{tiling.tile} px (overlap {tiling.overlap_pixels} px){within}")
     table, by_domain = format_table(results), format_domain_table(results)
     log(f"\n{test_set.name} test classes: {len(test_set.class_ids())}, episodes per shot count: {episodes}, "
         f"{queries} queries, seed {seed}, scored at {scored_at}\n{table}")
@@ -94,6 +107,7 @@ def _evaluate(checkpoint, shots, episodes, queries, steps, seed, baselines, data
               "seed": seed, "steps": algo.eval_steps if steps is None and not algo.test_time else steps,
               "test_time": {str(s): algo.plan_for(s).to_dict() for s in shots} if steps is None else None,
               "threshold": cfg.eval.threshold, "scored_at": scored_at,
+              **({"tiling": tiling.to_dict()} if tiling is not None else {}),
               "results": {str(k): v for k, v in results.items()}, "table": table,
               **({"domain_table": by_domain} if by_domain else {}),
               "seconds": time.perf_counter() - t0, "world_size": group.world}
