@@ -21,28 +21,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
 
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-positive_int, count_int = _int_at_least(1), _int_at_least(0)
-
-
-def seed_int(text: str) -> int:
-    from fewseg.config import MAX_SEED
-    value = count_int(text)
-    if value > MAX_SEED - 1:
-        raise argparse.ArgumentTypeError(f"must be <= {MAX_SEED - 1}, got {value}")
-    return value
+positive_int, count_int, seed_int = cli_args.positive_int, cli_args.count_int, cli_args.seed_int
 
 
 def cmd_list(args) -> None:

@@ -107,3 +107,28 @@ def check_predict_args(args) -> None:
         raise CheckpointError(f"no adapted model at {args.adapted} (expected a directory with weights.safetensors "
                               "and meta.json)")
     _check_outputs(args)
+
+
+# --- argument types -----------------------------------------------------------------------------------------
+def int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+positive_int, count_int = int_at_least(1), int_at_least(0)
+
+
+def seed_int(text: str) -> int:
+    from fewseg.config import MAX_SEED
+    value = count_int(text)
+    if value > MAX_SEED - 1:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_SEED - 1}, got {value}")
+    return value
