@@ -3,10 +3,11 @@
 Because the body does not change within a task, its output is computed once per task (support and query) and
 the inner steps run through the rest alone. That is the same mathematics as running the whole network every step
 (the outer gradient still reaches the body through the cached features), at a fraction of the cost. It is the
-one option ``cache_encoder`` of the whole family (``MetaAlgorithm.inner_view``): where the model splits into
-encoder and decoder (``encoder_prefix``), the encoder's features are cached as for every algorithm; on a model
-without that split that declares ``features(x)`` and ``head_prefix`` with ``forward(x) == head(features(x))``
-(``seed-cnn``, ``unet``), ANIL caches ``features(x)`` and steps the head alone, when only head parameters adapt.
+one option ``cache_encoder`` of the whole family (``MetaAlgorithm.inner_view``): on a model that declares
+``features(x)`` and ``head_prefix`` with ``forward(x) == head(features(x))`` (``seed-cnn``, ``unet``,
+``lite-unet``, ``timm-unet``), ANIL caches ``features(x)`` and steps the head alone when only head parameters
+adapt; otherwise, where the model splits into encoder and decoder (``encoder_prefix``), the encoder's features are
+cached as for every algorithm.
 ``cache_encoder: false`` runs the whole network at every step.
 """
 from __future__ import annotations
@@ -39,12 +40,11 @@ class ANIL(MetaAlgorithm):
         self.head_alone = bool(prefix and hasattr(model, "features") and sorted(head_names) == sorted(self.adapt_names))
 
     def inner_view(self, forward, params) -> InnerView:
-        """The encoder split where the model offers it (``encoder_is_fixed``); else, with ``cache_encoder`` and only
-        the head adapting, ``features(x)`` once per task and the head alone at every step (ANIL's own weights
-        are the model's: ``task_params`` is not overridden, so ``features`` runs with them)."""
-        view = super().inner_view(forward, params)
-        if view.encode is not None or not (self.cache_encoder and self.head_alone):
-            return view
+        """With ``cache_encoder`` and only the head adapting: ``features(x)`` once per task and the head alone at
+        every step (the most that can be cached; ANIL's own weights are the model's: ``task_params`` is not
+        overridden, so ``features`` runs with them); else the family's encoder split (``encoder_is_fixed``)."""
+        if not (self.cache_encoder and self.head_alone):
+            return super().inner_view(forward, params)
         prefix = self.head_prefix
         head, n0 = self.model.get_submodule(prefix.rstrip(".")), len(prefix)
 
