@@ -66,6 +66,26 @@ def ctrl_c_during(monkeypatch, algo, call: int) -> dict:
     return calls
 
 
+def run_cli(args, capsys) -> tuple[int, str]:
+    """(exit status, stderr) of ``fewseg ARGS`` run in-process (argparse's exit included)."""
+    from fewseg.cli import main
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse
+        rc = exc.code
+    return rc, capsys.readouterr().err
+
+
+def one_line_exit_2(rc: int, err: str, warnings_allowed: bool = False) -> str:
+    """The error line of a CLI run that failed as a user error should: exit 2, no traceback, no internal error,
+    one line (``warnings_allowed``: ``fewseg: warning:`` lines before it too)."""
+    assert rc == 2, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = [ln for ln in err.splitlines() if not (warnings_allowed and ln.startswith("fewseg: warning:"))]
+    assert len(lines) == 1 and lines[0].startswith("fewseg"), err
+    return lines[0]
+
+
 def tiny_config(seed: int, image_size: int = 16, model: dict | None = None, train: dict | None = None,
                 eval: dict | None = None) -> dict:
     """A run that trains in about a second: synthetic data, a tiny network, MAML with one inner step."""

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import one_line_exit_2, run_cli
 from PIL import Image
 from userpath import labelled, write_images, write_support
 
@@ -16,20 +17,6 @@ from fewseg.cli import main
 from fewseg.errors import DataError, FewsegError
 from fewseg.image_files import collect_images
 from fewseg.inputs import output_names
-
-
-def run_cli(args, capsys) -> tuple[int, str]:
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse
-        rc = exc.code
-    return rc, capsys.readouterr().err
-
-
-def one_line_exit_2(rc, err) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err and "internal error" not in err and err.count("\n") == 1, err
-    return err
 
 
 @pytest.fixture(scope="module")
