@@ -134,6 +134,12 @@ class EvalConfig:
     episodes: int = setting(300, "test episodes per shot count (`fewseg evaluate --episodes` overrides)")
     threshold: float = setting(0.5, "foreground probability above which a pixel is foreground (0 < t < 1)")
     long_steps: int = setting(100, "Adam steps of the random-init-long baseline")
+    long_episodes: int = setting(0, "test episodes per shot count of the random-init-long baseline: the first "
+                                    "this many of the fixed episodes, its CI shown in the table (0: all of "
+                                    "eval.episodes)")
+    batch_episodes: int = setting(16, "test episodes the fine-tuning baselines adapt at once (torch.func.vmap over "
+                                      "stacked copies of the weights: the same numbers up to float rounding; "
+                                      "1: one at a time)")
     lr_select_episodes: int = setting(20, "validation episodes per shot count on which test-time settings are "
                                           "chosen: the meta-learned model's plans and the baselines' steps and rates")
     tune: bool = setting(True, "after meta-training, choose test-time steps, rate, augmented views and leave-one-out "
@@ -232,6 +238,8 @@ def validate(cfg: Config) -> None:
                                               for s in e.shots), "a non-empty list of integers >= 1"),
         ("eval.queries", e.queries >= 1, ">= 1"), ("eval.threshold", 0 < e.threshold < 1, "in (0, 1)"),
         ("eval.long_steps", e.long_steps >= 0, ">= 0"),
+        ("eval.long_episodes", e.long_episodes >= 0, ">= 0 (0: all episodes)"),
+        ("eval.batch_episodes", e.batch_episodes >= 1, ">= 1"),
         ("eval.lr_select_episodes", e.lr_select_episodes >= 1, ">= 1"),
         ("eval.tune_steps", bool(e.tune_steps) and all(isinstance(k, int) and k >= 0 for k in e.tune_steps),
          "a non-empty list of integers >= 0"),

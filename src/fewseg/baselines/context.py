@@ -38,6 +38,7 @@ class Method:
     name: str
     budget: str  # the adaptation budget, printed in the table
     learner: Learner
+    episodes: int | None = None  # scored on the first this many of each shot count's test episodes (None: all)
 
 
 def image_passes_per_iteration(cfg: Config) -> int:
@@ -119,6 +120,7 @@ class BaselineContext:
     log: Callable[[str], None] = print
     shots: tuple[int, ...] = ()   # with ``per_shot``: the shot counts whose schedules are chosen
     per_shot: bool = False        # True: steps and rate chosen per shot count (``eval.tune``); else ``steps``
+    progress: bool = True         # transfer pre-training's progress bar
     _shared: dict = field(default_factory=dict, repr=False)
 
     def _once(self, key: str, build: Callable[[], Any]) -> Any:
@@ -160,19 +162,19 @@ class BaselineContext:
             raise ConfigError("the transfer and prototype baselines need the training classes of the "
                               "checkpoint's dataset")
         return self._once("transfer_model", lambda: transfer_model(self.cfg, self.train_set, self.run_dir,
-                                                                   self.device))
+                                                                   self.device, progress=self.progress))
 
     def tuned(self, name: str, model: torch.nn.Module, budget_prefix: str = "") -> Method:
         """``steps`` SGD steps from ``model`` at the rate that scores best on the validation episodes; with
         ``per_shot``, steps and rate chosen for each shot count on its own validation episodes."""
         if self.per_shot:
             return self._tuned_per_shot(name, model, budget_prefix)
-        episodes, loss = self.val_episodes(), self.cfg.algorithm.loss
-        lr = select_lr(lambda r: FineTuneLearner(model, self.steps, r, loss=loss), episodes, device=self.device,
-                       threshold=self.cfg.eval.threshold) if episodes else self.algo.inner_lr
+        episodes, loss, batch = self.val_episodes(), self.cfg.algorithm.loss, self.cfg.eval.batch_episodes
+        lr = select_lr(lambda r: FineTuneLearner(model, self.steps, r, loss=loss, episode_batch=batch), episodes,
+                       device=self.device, threshold=self.cfg.eval.threshold) if episodes else self.algo.inner_lr
         self.log(f"{name}: SGD rate {lr:g} chosen on validation classes")
         return Method(name, f"{budget_prefix}{self.steps} SGD steps, lr {lr:g}",
-                      FineTuneLearner(model, self.steps, lr, loss=loss))
+                      FineTuneLearner(model, self.steps, lr, loss=loss, episode_batch=batch))
 
     def _tuned_per_shot(self, name: str, model: torch.nn.Module, budget_prefix: str) -> Method:
         c, learners, parts = self.cfg, {}, []
@@ -185,7 +187,8 @@ class BaselineContext:
                          f"(val mIoU {100 * score:.1f})")
             else:
                 steps, lr = self.steps, self.algo.inner_lr
-            learners[shots] = FineTuneLearner(model, steps, lr, loss=c.algorithm.loss)
+            learners[shots] = FineTuneLearner(model, steps, lr, loss=c.algorithm.loss,
+                                              episode_batch=c.eval.batch_episodes)
             parts.append(f"{shots}-shot {steps} steps lr {lr:g}")
         return Method(name, f"{budget_prefix}SGD, chosen on val: {'; '.join(parts)}", PerShotLearner(learners))
 

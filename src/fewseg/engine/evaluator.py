@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 
 from fewseg.algorithms.base import Adapted, MetaAlgorithm
-from fewseg.algorithms.test_time import adapt_with_plan
+from fewseg.algorithms.test_time import adapt_with_plan, augment_views
 from fewseg.data.episode import Episode
 from fewseg.data.transforms import to_original
 from fewseg.distributed import SINGLE, ProcessGroup
@@ -65,6 +65,22 @@ class MetaLearner:
         plan = self.algorithm.plan_for(images).override(steps=self.steps, lr=self.lr, views=0, leave_one_out=False)
         return adapt_with_plan(self.algorithm, plan, support_x, support_y, support_ignore)
 
+    def adapt_trajectory(self, support_x, support_y, support_ignore, steps: int,
+                         on_step: Callable[[int, Adapted], None]) -> bool:
+        """One adaptation of ``steps`` steps showing ``on_step(k, adapted_k)`` after every step k: what
+        ``MetaLearner(algorithm, steps=k, ...)`` adapts to for each k (the same plan, views and rates; the steps
+        of a longer run are those of a shorter one). False (nothing run) where the plan selects its steps by
+        leave-one-out, whose outcome depends on ``steps``."""
+        algo = self.algorithm
+        support_y, support_ignore = algo._check_support(support_x, support_y, support_ignore)
+        plan = algo.plan_for(support_x.shape[0]).override(steps=steps, lr=self.lr, views=self.views,
+                                                          leave_one_out=self.leave_one_out)
+        if plan.leave_one_out:
+            return False
+        xs, ys, igs = augment_views(support_x, support_y, support_ignore, plan.views, 0)
+        algo.adapt_run(xs, ys, igs, steps, plan.lr_scale, plan.lr, on_step=on_step)
+        return True
+
 
 def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0.5,
              device: torch.device | str = "cpu",
@@ -86,7 +102,24 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0
     size (those within one tile as without it); ``on_episode`` then gets None for the probabilities.
     """
     totals = []  # (episode index, class id, [fg_inter, fg_union, bg_inter, bg_union])
-    for i in group.shard(len(episodes)):
+
+    def score(i: int, ep: Episode, predictor) -> None:
+        with torch.no_grad():
+            probs = predictor.predict(ep.query_x)  # [Q,1,H,W]
+        totals.append((i, ep.class_id, _episode_sums(probs, ep, threshold, full_resolution)))
+        if on_episode is not None:
+            on_episode(i, ep, probs)
+
+    indices = list(group.shard(len(episodes)))
+    batch = getattr(learner, "episode_batch", 1) if tiled is None else 1
+    if batch > 1 and callable(getattr(learner, "adapt_batch", None)):
+        for start in range(0, len(indices), batch):
+            chunk = indices[start:start + batch]
+            eps = [episodes[i].to(device) for i in chunk]
+            for i, ep, predictor in zip(chunk, eps, adapt_grouped(learner, eps)):
+                score(i, ep, predictor)
+        return _summary(totals, group, domain_of)
+    for i in indices:
         ep = episodes[i].to(device)
         if tiled is not None:
             probs = None
@@ -95,16 +128,22 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0
             if on_episode is not None:
                 on_episode(i, ep, probs)
             continue
-        predictor = learner.adapt(ep.support_x, ep.support_y, support_ignore=ep.support_ignore)
-        with torch.no_grad():
-            probs = predictor.predict(ep.query_x)  # [Q,1,H,W]
-        if full_resolution is not None and len(ep.keys) == ep.support_x.shape[0] + ep.query_x.shape[0]:
-            stats = _full_resolution_stats(probs, ep, threshold, full_resolution)
-        else:
-            stats = binary_stats(probs > threshold, ep.query_y, ep.query_ignore)
-        totals.append((i, ep.class_id, [float(torch.as_tensor(x).sum().item()) for x in stats]))
-        if on_episode is not None:
-            on_episode(i, ep, probs)
+        score(i, ep, learner.adapt(ep.support_x, ep.support_y, support_ignore=ep.support_ignore))
+    return _summary(totals, group, domain_of)
+
+
+def _episode_sums(probs: torch.Tensor, ep: Episode, threshold: float,
+                  full_resolution: FullResolution | None) -> list[float]:
+    """[fg_inter, fg_union, bg_inter, bg_union] of one episode's query predictions."""
+    if full_resolution is not None and len(ep.keys) == ep.support_x.shape[0] + ep.query_x.shape[0]:
+        stats = _full_resolution_stats(probs, ep, threshold, full_resolution)
+    else:
+        stats = binary_stats(probs > threshold, ep.query_y, ep.query_ignore)
+    return [float(torch.as_tensor(x).sum().item()) for x in stats]
+
+
+def _summary(totals: list, group: ProcessGroup = SINGLE, domain_of: Callable[[int], str] | None = None) -> dict:
+    """The summary of (episode index, class id, sums) records gathered from every rank, added up in episode order."""
     acc, per_domain = IoUAccumulator(), {}
     for _, class_id, sums in sorted(t for part in group.gather_objects(totals) for t in part):
         stats = BinaryStats(*[torch.tensor([v], dtype=torch.float64) for v in sums])
@@ -115,6 +154,85 @@ def evaluate(learner: Learner, episodes: Sequence[Episode], threshold: float = 0
     if domain_of is not None:
         summary["per_domain"] = {d: per_domain[d].summary() for d in sorted(per_domain)}
     return summary
+
+
+def adapt_grouped(learner, eps: Sequence[Episode]) -> list:
+    """``learner.adapt_batch`` on the episodes, stacked in groups of one support shape (and ignore mask or none):
+    one predictor per episode, in order."""
+    groups: dict = {}
+    for j, ep in enumerate(eps):
+        key = (tuple(ep.support_x.shape), tuple(ep.support_y.shape), ep.support_ignore is None)
+        groups.setdefault(key, []).append(j)
+    out: list = [None] * len(eps)
+    for members in groups.values():
+        part = [eps[j] for j in members]
+        ignore = None if part[0].support_ignore is None else torch.stack([e.support_ignore for e in part])
+        predictors = learner.adapt_batch(torch.stack([e.support_x for e in part]),
+                                         torch.stack([e.support_y for e in part]), ignore)
+        for j, predictor in zip(members, predictors):
+            out[j] = predictor
+    return out
+
+
+def evaluate_steps(learner, episodes: Sequence[Episode], steps_grid: Sequence[int], threshold: float = 0.5,
+                   device: torch.device | str = "cpu") -> dict[int, dict]:
+    """{k: ``evaluate(dataclasses.replace(learner, steps=k), episodes)``} for every k of ``steps_grid``, from one
+    adaptation per episode to the largest k, scored after each step of the grid (the first k steps of a longer
+    run are a shorter run's). Learners with ``adapt_trajectory`` (:class:`MetaLearner`) or ``adapt_batch`` with
+    ``on_step`` (fine-tuning) take that path; any other, one evaluation per k."""
+    import dataclasses
+    grid = sorted({int(k) for k in steps_grid})
+    results = {0: evaluate(dataclasses.replace(learner, steps=0), episodes, threshold, device)} if 0 in grid else {}
+    positive = [k for k in grid if k > 0]
+    if not positive:
+        return results
+    top, totals = positive[-1], {k: [] for k in positive}
+    traj = getattr(learner, "adapt_trajectory", None)
+    batched = getattr(learner, "adapt_batch", None)
+    if not (callable(traj) or callable(batched)):
+        return {**results, **{k: evaluate(dataclasses.replace(learner, steps=k), episodes, threshold, device)
+                              for k in positive}}
+    learner = dataclasses.replace(learner, steps=top)
+    eps = [ep.to(device) for ep in episodes]
+
+    def scorer(offset: int):
+        def on_step(k, b, predictor):
+            if k in totals:
+                ep = eps[offset + b]
+                with torch.no_grad():
+                    probs = predictor.predict(ep.query_x)
+                totals[k].append((offset + b, ep.class_id, _episode_sums(probs, ep, threshold, None)))
+        return on_step
+
+    if callable(traj):
+        for i, ep in enumerate(eps):
+            on_step = scorer(i)
+            if not traj(ep.support_x, ep.support_y, ep.support_ignore, top, lambda k, a, f=on_step: f(k, 0, a)):
+                return {**results, **{k: evaluate(dataclasses.replace(learner, steps=k), episodes, threshold,
+                                                  device) for k in positive}}
+    else:
+        batch = max(1, getattr(learner, "episode_batch", 1))
+        for start in range(0, len(eps), batch):
+            _adapt_batch_steps(learner, eps[start:start + batch], start, scorer, set(positive))
+    return {**results, **{k: _summary(totals[k]) for k in positive}}
+
+
+def _adapt_batch_steps(learner, eps: list[Episode], offset: int, scorer, at_steps: set[int]) -> None:
+    """``learner.adapt_batch`` with ``on_step`` on a chunk of episodes, in groups of one support shape (or one at a
+    time where the learner batches nothing)."""
+    if getattr(learner, "episode_batch", 1) <= 1:
+        groups = [[j] for j in range(len(eps))]
+    else:
+        keyed: dict = {}
+        for j, ep in enumerate(eps):
+            keyed.setdefault((tuple(ep.support_x.shape), ep.support_ignore is None), []).append(j)
+        groups = list(keyed.values())
+    for members in groups:
+        part = [eps[j] for j in members]
+        ignore = None if part[0].support_ignore is None else torch.stack([e.support_ignore for e in part])
+        on_step = (lambda k, b, p, members=members: scorer(offset)(k, members[b], p))
+        learner.adapt_batch(torch.stack([e.support_x for e in part]), torch.stack([e.support_y for e in part]),
+                            ignore, on_step=on_step, at_steps=at_steps)
 
 
 FullResolution = Callable[[Hashable, int], "tuple[torch.Tensor, torch.Tensor, tuple] | None"]

@@ -28,17 +28,18 @@ __all__ = ["Method", "build_methods", "format_domain_table", "format_table", "ru
 def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int | None, baselines: list[str],
                   train_set: SegmentationDataset | None, val_set: SegmentationDataset | None,
                   run_dir: Path | None, device, log: Callable[[str], None] = print,
-                  shots: Sequence[int] = ()) -> list[Method]:
+                  shots: Sequence[int] = (), progress: bool = True) -> list[Method]:
     """The meta-learned learner, then the requested baselines in registration order (rates tuned on val).
 
     steps None with test-time plans stored in the checkpoint (``eval.tune``): the meta-learned model follows its
     plan per shot count and each fine-tuned baseline gets steps and rate chosen per shot count on the same
-    validation episodes. Otherwise everything takes ``steps`` (default ``eval_steps``), baselines' rates tuned."""
+    validation episodes. Otherwise everything takes ``steps`` (default ``eval_steps``), baselines' rates tuned.
+    progress: False hides transfer pre-training's progress bar."""
     names = check_baselines(baselines)
     per_shot = steps is None and bool(algo.test_time)
     steps = algo.eval_steps if steps is None else steps
     ctx = BaselineContext(cfg, algo, steps, train_set, val_set, run_dir, device, log, shots=tuple(shots),
-                          per_shot=per_shot)
+                          per_shot=per_shot, progress=progress)
     if per_shot:
         methods = [Method(cfg.algorithm.name, f"meta-learned init, chosen on val: {describe_plans(algo, shots)}",
                           MetaLearner(algo))]
@@ -54,14 +55,17 @@ def build_methods(cfg: Config, algo: MetaAlgorithm, steps: int | None, baselines
 def run_protocol(methods: list[Method], test_set: SegmentationDataset, shots_list: list[int], queries: int,
                  episodes: int, seed: int, device, log: Callable[[str], None] = print,
                  full_resolution: bool = True, threshold: float = 0.5, group: ProcessGroup = SINGLE,
-                 tiling: Tiling | None = None, channels: int | None = None) -> dict:
+                 tiling: Tiling | None = None, channels: int | None = None,
+                 on_episode: Callable[[Method, int], None] | None = None) -> dict:
     """{shots: {method: summary + budget + seconds}} on fixed, seeded test episodes per shot count.
 
     full_resolution: score against the original label maps when the dataset offers them (real data).
     threshold: foreground probability cut (``eval.threshold``). group: ranks that share the episodes.
     tiling: large images at their own resolution (``eval.tile``; :mod:`fewseg.engine.tiled_eval`): every method
     adapts on support patches and predicts queries window by window, scored at their label maps' size; the same
-    episodes. channels: the networks' input channels (tiled images are converted to them)."""
+    episodes. channels: the networks' input channels (tiled images are converted to them).
+    A method with ``episodes`` set (random-init-long with ``eval.long_episodes``) is scored on the first that many
+    of the episodes. on_episode(method, shots): after each episode a method has scored (progress)."""
     original = getattr(test_set, "full_resolution", None) if full_resolution else None
     tiled = None if tiling is None else TiledEvaluation.for_dataset(test_set, tiling, channels)
     domain_of = _domains(test_set)
@@ -71,8 +75,10 @@ def run_protocol(methods: list[Method], test_set: SegmentationDataset, shots_lis
         results[shots] = {}
         for m in methods:
             t0 = time.perf_counter()
-            summary = evaluate(m.learner, eps, threshold=threshold, device=device, full_resolution=original,
-                               group=group, domain_of=domain_of, tiled=tiled)
+            seen = None if on_episode is None else (lambda i, ep, probs, m=m, shots=shots: on_episode(m, shots))
+            summary = evaluate(m.learner, eps[:m.episodes] if m.episodes else eps, threshold=threshold,
+                               device=device, full_resolution=original, group=group, domain_of=domain_of,
+                               tiled=tiled, on_episode=seen)
             summary.update(budget=m.budget, seconds=time.perf_counter() - t0)
             results[shots][m.name] = summary
             log(f"{shots}-shot {m.name}: mIoU {100 * summary['miou']:.1f} ({time.perf_counter() - t0:.0f}s)")
