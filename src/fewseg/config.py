@@ -7,8 +7,8 @@ meaning (``metadata["help"]``), from which :func:`config_reference` builds the M
 :mod:`fewseg.config_files`, YAML itself by :mod:`fewseg.yaml_reader`. The ``algorithm`` section's shared keys take
 their defaults and value rules from :mod:`fewseg.algorithms.options` (one definition for the API and configs).
 
-One module: the schema, its type and range checks and the generated reference are one description of the
-keys, which must change together.
+The schema and its type and range checks are one description of the keys, which must change together; the
+Markdown reference is generated from it (:mod:`fewseg.config_reference`).
 
 Example:
     >>> from fewseg.config import load_config
@@ -21,14 +21,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from fewseg import config_reference as reference
 from fewseg.algorithms.options import CORE_OPTIONS, core_problem
 from fewseg.choices import AUTOCAST, CLASS_SAMPLING, OUTER_OPTIMIZERS, SCHEDULES, STRATEGIES
 from fewseg.config_files import (  # noqa: F401  (LEGACY_KEYS, MAX_CONFIG_BYTES, parse_override: public here too)
@@ -40,6 +37,7 @@ from fewseg.config_files import (  # noqa: F401  (LEGACY_KEYS, MAX_CONFIG_BYTES,
     parse_override,
     read_config_file,
 )
+from fewseg.config_reference import REFERENCE_END, REFERENCE_START, reference_block  # noqa: F401
 from fewseg.errors import ConfigError
 from fewseg.recipes import resolve_recipe
 from fewseg.yaml_reader import short_repr
@@ -275,69 +273,6 @@ def validate_algorithm(a: AlgorithmConfig) -> None:
         raise ConfigError(f"config key 'algorithm.{name}' has a bad value: {short_repr(value)} (must be {want})")
 
 
-# --- the generated reference ---------------------------------------------------------------------------
-REFERENCE_START, REFERENCE_END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
-
-
-def _type_name(hint: Any) -> str:
-    if isinstance(hint, types.UnionType):
-        return " or ".join("null" if t is type(None) else _type_name(t) for t in typing.get_args(hint))
-    if typing.get_origin(hint) is list:
-        return "list of " + ", ".join(_type_name(t) for t in typing.get_args(hint))
-    return {dict: "mapping"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _yaml_value(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
-
-
-def config_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(dotted key, type, default, meaning) of every setting, sections expanded, in declaration order."""
-    hints = typing.get_type_hints(cls)
-    rows = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows += config_keys(hints[f.name], f"{prefix}{f.name}.")
-        else:
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            rows.append((prefix + f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
-    return rows
-
-
-def config_reference() -> str:
-    """A Markdown table of every config key: dotted name, type, default (as YAML) and meaning."""
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    rows += [f"| `{key}` | {cell(kind)} | `{cell(_yaml_value(default))}` | {cell(meaning)} |"
-             for key, kind, default, meaning in config_keys()]
-    return "\n".join(rows)
-
-
-def write_reference(path: str | Path) -> bool:
-    """Replace the text between the config-reference markers in ``path`` by :func:`config_reference`.
-
-    Returns whether the file changed; a file without both markers is a :class:`ConfigError`.
-    """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find(REFERENCE_START), text.find(REFERENCE_END)
-    if start < 0 or end < start:
-        raise ConfigError(f"{path} has no {REFERENCE_START} ... {REFERENCE_END} block to fill")
-    new = f"{text[:start + len(REFERENCE_START)]}\n{config_reference()}\n{text[end:]}"
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-    return new != text
-
-
-def reference_block(path: str | Path) -> str | None:
-    """The text between the config-reference markers of ``path`` (stripped), or None without them."""
-    text = Path(path).read_text(encoding="utf-8")
-    start, end = text.find(REFERENCE_START), text.find(REFERENCE_END)
-    return text[start + len(REFERENCE_START):end].strip() if 0 <= start < end else None
-
-
 def _negatives_ok(value, shots: int) -> bool:
     """``data.negatives``: a count that leaves a positive image in a train.shots support set, or a fraction."""
     if isinstance(value, int):
@@ -356,3 +291,19 @@ def _overlap_ok(value: float, tile: int | None) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# --- the generated reference (fewseg config; the README's table) ------------------------------------------------
+def config_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, meaning) of every setting, sections expanded, in declaration order."""
+    return reference.config_keys(cls, prefix)
+
+
+def config_reference() -> str:
+    """A Markdown table of every config key: dotted name, type, default (as YAML) and meaning."""
+    return reference.reference_table(Config)
+
+
+def write_reference(path: str | Path) -> bool:
+    """Fill the config-reference block of ``path`` with :func:`config_reference`; whether the file changed."""
+    return reference.write_reference(path, config_reference())
