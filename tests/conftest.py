@@ -6,6 +6,13 @@ from torch.func import functional_call
 import fewseg
 
 
+def pytest_configure(config):
+    """Ctrl-C as Python's default in every test process: pytest-xdist's workers start with SIGINT ignored, which
+    the tests of Ctrl-C handling (and the subprocesses they start, which inherit it) must not see."""
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run slow tests (real data, long)")
 
