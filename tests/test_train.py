@@ -60,6 +60,24 @@ def test_training_writes_logs_and_checkpoints_with_config_and_versions(tmp_path)
     assert (tmp_path / "checkpoints" / "best" / "weights.safetensors").exists()
 
 
+def test_log_records_the_meta_gradient_norm_and_the_inner_loops_support_loss(tmp_path, monkeypatch):
+    """grad_norm every iteration; the support loss before / after the inner steps every INNER_LOG_EVERY iterations
+    (1, 1 + every, ...), from a probe that changes nothing: the same weights as a run without it."""
+    import fewseg.engine.trainer as trainer_module
+    monkeypatch.setattr(trainer_module, "INNER_LOG_EVERY", 4)
+    probed = Trainer(tiny(tmp_path / "a"), progress=False)
+    probed.fit()
+    rows = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert all(r["grad_norm"] > 0 for r in rows)
+    assert [r["iteration"] for r in rows if "support_loss_before" in r] == [1, 5]
+    assert all(r["support_loss_after"] < r["support_loss_before"] for r in rows if "support_loss_after" in r)
+    plain = Trainer(tiny(tmp_path / "b"), progress=False)
+    monkeypatch.setattr(plain, "_support_losses", lambda batch: (0.0, 0.0))  # no probe
+    plain.fit()
+    for (name, a), b in zip(probed.algo.state_dict().items(), plain.algo.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("algorithm", ["maml", "mr-maml", "maml++"])
 def test_interrupt_then_resume_reaches_the_same_weights(tmp_path, monkeypatch, algorithm):
     # mr-maml draws noise, maml++ switches order and loss weights by iteration: both must resume exactly

@@ -6,7 +6,9 @@ best score), which must be written and read back together for a resumed run to r
 Output directory:
     config.yaml          the resolved config
     data.json            the classes of each split (and the dataset's own description)
-    log.jsonl            one line per iteration (loss, lr, seconds, data seconds, val mIoU when run)
+    log.jsonl            one line per iteration (loss, lr, meta-gradient norm before clipping, seconds, data
+                         seconds, val mIoU when run; every INNER_LOG_EVERY iterations from the first, the mean
+                         support loss before and after the inner steps)
     checkpoints/last     weights.safetensors + meta.json + optimizer.pt (atomic)
     checkpoints/best     the best validation mIoU so far
 
@@ -50,36 +52,12 @@ from fewseg.engine.checkpoint import (
     sigterm_as_interrupt,
 )
 from fewseg.engine.evaluator import MetaLearner, evaluate
+from fewseg.engine.run_helpers import check_writable, log_iteration, outer_lr_at
 from fewseg.errors import CheckpointError, ConfigError, Interrupted, Terminated, TrainingError
 
-
-def outer_lr_at(cfg: Config, iteration: int) -> float:
-    """Outer learning rate at ``iteration``: constant, or cosine annealed to 1% of the base rate."""
-    base = cfg.train.outer_lr
-    if cfg.train.schedule == "cosine" and cfg.train.iterations > 0:
-        progress = min(iteration / cfg.train.iterations, 1.0)
-        return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
-    return base
-
-
-def check_writable(out: Path) -> None:
-    """The run directory exists (or can be made) and takes files, else a one-line :class:`ConfigError`."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".fewseg-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"config key 'output': cannot write into {out} ({exc.strerror or exc})") from None
-
-
-def _log_iteration(line: str) -> int | None:
-    """The iteration of one log.jsonl line; None for a line cut short by a crash (or otherwise unreadable)."""
-    try:
-        value = json.loads(line).get("iteration")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+# log the inner loop's support loss before and after its steps every this many iterations (it costs about a third
+# of a second-order meta-step: inner steps without graph on every task of the batch)
+INNER_LOG_EVERY = 10
 
 
 def make_augment(cfg: Config):
@@ -189,7 +167,7 @@ class Trainer:
         if log.exists() and self.group.is_main:  # drop lines written after the checkpoint (and the interrupted iteration's, redone)
             keep_to = self.iteration - 1 if self._pending is not None else self.iteration
             lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
-                     if (_log_iteration(ln) or keep_to + 1) <= keep_to]
+                     if (log_iteration(ln) or keep_to + 1) <= keep_to]
             write_text_atomic(log, "".join(ln + "\n" for ln in lines))
 
     # --- the loop --------------------------------------------------------------------------------
@@ -246,6 +224,8 @@ class Trainer:
                     self.group.sum_grads(self.algo.parameters())  # the whole batch's meta-gradient on every rank
                     self._check_finite(logs["loss"])
                     grad_norm = self._clip()
+                    inner = (self._support_losses(batch) if self.group.is_main
+                             and self.iteration % INNER_LOG_EVERY == 0 else None)
                     with delay_keyboard_interrupt():
                         self.optimizer.step()
                         self.iteration += 1
@@ -253,6 +233,8 @@ class Trainer:
                                   "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
                                   "data_seconds": t_data, "task_weights": logs.get("task_weights"),
                                   "world_size": self.group.world}
+                        if inner is not None:
+                            record["support_loss_before"], record["support_loss_after"] = inner
                         validate = (self.iteration % cfg.train.val_every == 0
                                     or self.iteration == cfg.train.iterations)
                         self._pending = {"record": record, "validate": validate, "best": False}
@@ -309,6 +291,24 @@ class Trainer:
         bar.update(1 if count else 0)
         bar.set_postfix(loss="-" if loss is None else f"{loss:.3f}",
                         val_miou="-" if self.last_val is None else f"{self.last_val:.3f}")
+
+    def _support_losses(self, batch) -> tuple[float, float]:
+        """Mean support loss of the batch's tasks at the weights of this step and after ``inner_steps`` plain inner
+        steps (no outer graph, eval mode): the inner loop's progress, or its divergence when ``after > before``.
+        Reads no random state and leaves the gradients alone: training reaches the same weights with it or without."""
+        algo, losses = self.algo, ([], [])
+        algo.eval()
+        try:
+            for i in range(batch.num_tasks):
+                ep = batch.task(i)
+                for steps, out in ((0, losses[0]), (algo.inner_steps, losses[1])):
+                    adapted = algo.adapt_run(ep.support_x, ep.support_y, ep.support_ignore, steps)
+                    with torch.no_grad():
+                        logits = adapted.forward(adapted.params, ep.support_x)
+                        out.append(float(algo.loss_fn(logits, ep.support_y, ep.support_ignore)))
+        finally:
+            algo.train()
+        return sum(losses[0]) / len(losses[0]), sum(losses[1]) / len(losses[1])
 
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss) or loss > self.cfg.train.max_loss:
