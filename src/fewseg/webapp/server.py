@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from importlib.resources import files
 
 import numpy as np
@@ -257,9 +258,30 @@ def make_server(segmenter, host: str = "127.0.0.1", port: int = 7860, limits: Li
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise FewsegError(f"cannot listen on port {port!r}: a port is 0-65535 (0: any free port)")
     try:
-        return werkzeug_server(host, port, create_app(segmenter, limits), threaded=True)
+        return werkzeug_server(host, port, RequestThreads(create_app(segmenter, limits)), threaded=True)
     except OSError as exc:
         raise FewsegError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+class RequestThreads:
+    """WSGI wrapper that remembers the threads serving requests, so that ``fewseg serve`` lets them finish before
+    the interpreter exits: a request thread still running torch code while Python finalises is killed inside C++
+    and aborts the process (SIGABRT, "terminate called without an active exception") instead of exiting 130."""
+
+    def __init__(self, app):
+        self.app = app
+        self.threads = weakref.WeakSet()
+
+    def __call__(self, environ, start_response):
+        self.threads.add(threading.current_thread())
+        return self.app(environ, start_response)
+
+    def join(self, timeout: float = 30.0) -> None:
+        """Wait (at most ``timeout`` seconds in all) for the threads still serving a request."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self.threads):
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def serve(checkpoint, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", log=print,
@@ -285,4 +307,5 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 7860, device: str = "
         server.serve_forever()  # werkzeug's returns quietly on Ctrl-C ...
     finally:
         server.server_close()
+        server.app.join()       # requests in flight finish before Python exits
     raise KeyboardInterrupt     # ... so that fewseg exits 130, as after any Ctrl-C
