@@ -3,8 +3,8 @@
 #
 #   bash examples/adapt_folder.sh [WORK_DIR]      # default: a new temporary folder; about 15 s on one core
 #
-# 1. a tiny meta-training run (2 iterations: it shows the commands, it does not learn much;
-#    a real run is `fewseg train --config synthetic_maml` or `fewseg demo`);
+# 1. a tiny meta-training run (2 iterations: it shows the commands, it does not learn much, so it skips the
+#    test-time plan search; a real run is `fewseg train --config synthetic_maml` or `fewseg demo`);
 # 2. a support folder of 2 images with masks (<stem>.jpg + <stem>.png), cut from the synthetic set's
 #    test classes, and 3 images of the same class to segment, at a size other than the network's;
 # 3. `fewseg adapt`: masks (0/255 PNG at each image's own size) in OUT/masks, overlays in OUT/overlays.
@@ -15,7 +15,7 @@ mkdir -p "$WORK"
 fewseg train --no-progress --config synthetic_maml \
     train.iterations=2 train.meta_batch=2 train.shots=2 train.queries=2 \
     train.val_every=2 train.val_episodes=2 train.checkpoint_every=2 \
-    data.image_size=24 model.options.depth=2 model.options.width=4 eval.lr_select_episodes=2 output="$WORK/run"
+    data.image_size=24 model.options.depth=2 model.options.width=4 eval.tune=false output="$WORK/run"
 
 python - "$WORK" <<'PY'
 import sys

@@ -116,7 +116,7 @@ with tempfile.TemporaryDirectory() as tmp:
     cfg = load_config("synthetic_maml", [
         "data.name=npy-labelmaps", f"data.root={root}", "data.image_size=24", "model.name=seed-cnn",
         "model.options={width: 8}", "algorithm.inner_steps=1", "train.iterations=2", "train.meta_batch=2",
-        "train.shots=2", "train.queries=2", "train.val_episodes=2", f"output={Path(tmp) / 'run'}"])
+        "train.shots=2", "train.queries=2", "train.val_episodes=2", "eval.tune=false", f"output={Path(tmp) / 'run'}"])
     result = Trainer(cfg, progress=False).fit()
     saved = json.loads((Path(result["output"]) / "data.json").read_text())
     print(f"trainer: {result['iteration']} iterations on {saved['train']['name']}, "

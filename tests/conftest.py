@@ -101,9 +101,13 @@ def tiny_config(seed: int, image_size: int = 16, model: dict | None = None, trai
            "algorithm": {"name": "maml", "inner_steps": 1, "inner_lr": 0.1},
            "train": {"iterations": 2, "meta_batch": 1, "shots": 1, "queries": 1, "val_every": 2, "val_episodes": 2,
                      "checkpoint_every": 2, **(train or {})}}
-    if eval is not None:
-        cfg["eval"] = eval
+    cfg["eval"] = {**SMALL_TUNING, **(eval or {})}
     return cfg
+
+
+# the test-time plan search that ends every training run (eval.tune), kept to a few candidates in the tests: the
+# default grid (9 step counts x 3 rates x views, 20 val episodes per shot count) costs ~30 s even for a tiny network
+SMALL_TUNING = {"lr_select_episodes": 2, "tune_steps": [0, 1, 2], "tune_rate_scales": [1.0], "tune_views": 1}
 
 
 def tiny_eval(episodes: int, shots: int = 1, queries: int = 1, transfer_images: int = 4, long_steps: int = 1,

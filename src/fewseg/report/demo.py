@@ -26,7 +26,7 @@ from fewseg.report.plots import plot_curves, plot_overlay_grid, plot_training
 RECIPE = "synthetic_maml"  # shipped in fewseg/configs; settings chosen on val classes
 QUICK = ["train.iterations=10", "train.meta_batch=2", "train.val_every=5", "train.val_episodes=4",
          "train.checkpoint_every=5", "eval.episodes=4", "eval.long_steps=5", "eval.transfer_images=100",
-         "eval.lr_select_episodes=2"]
+         "eval.lr_select_episodes=2", "eval.tune_steps=[0,5,10]", "eval.tune_rate_scales=[1.0]", "eval.tune_views=2"]
 
 
 REPRODUCIBILITY_NOTE = (
