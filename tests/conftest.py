@@ -11,6 +11,22 @@ def pytest_configure(config):
     the tests of Ctrl-C handling (and the subprocesses they start, which inherit it) must not see."""
     import signal
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    share_the_cores()
+
+
+def share_the_cores():
+    """Under pytest-xdist (``-n N``), each worker and every process it starts runs torch on cores / N threads:
+    N workers with torch's default (one thread per core) oversubscribe the machine and each runs several times
+    slower. A plain ``pytest`` run keeps torch's default."""
+    import os
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 1:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+    import torch
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_addoption(parser):

@@ -126,4 +126,4 @@ def test_the_demo_shows_one_bar_whose_total_is_the_work_done(tmp_path, monkeypat
     per_shot = record["results"]["1"]
     assert per_shot["random-init-long"]["n_episodes"] == 2 and per_shot["random-init"]["n_episodes"] == 4
     assert "first 2 episodes" in record["table"]
-    assert set(record["steps_curve"]) == {"maml", "random-init", "transfer"}
+    assert set(record["steps_curve"]) == {record["config"]["algorithm"]["name"], "random-init", "transfer"}

@@ -75,7 +75,7 @@ class DemoWork:
         self.cfg, self.curve_episodes, self.step_grid = cfg, curve_episodes, step_grid
         self.done_iterations = 0
         steps = cfg.algorithm.eval_steps if cfg.algorithm.eval_steps is not None else cfg.algorithm.inner_steps
-        planned = {"maml": steps, "zero-shot": 0, "random-init": steps, "random-init-long": cfg.eval.long_steps,
+        planned = {cfg.algorithm.name: steps, "zero-shot": 0, "random-init": steps, "random-init-long": cfg.eval.long_steps,
                    "transfer": steps, "prototype": 0}
         total = (self.train_units() + self.setup_units(steps)
                  + self._eval_units({name: (k, cfg.eval.long_episodes if name == "random-init-long" else 0)
@@ -222,7 +222,7 @@ def steps_curves(algo, by_name: dict, episodes, step_grid: list[int], threshold:
     """{method: {k: mIoU after k steps}} for the meta-learned model and the fine-tuned baselines of
     :data:`CURVE_METHODS`: one adaptation per episode to the largest k, scored at each k of the grid
     (:func:`~fewseg.engine.evaluator.evaluate_steps`: the numbers of one evaluation per k)."""
-    learners = {"maml": MetaLearner(algo, steps=max(step_grid))}
+    learners = {algo.name: MetaLearner(algo, steps=max(step_grid))}
     learners.update({name: by_name[name].learner for name in CURVE_METHODS if name in by_name})
     curves = {}
     for name, learner in learners.items():
