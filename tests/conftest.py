@@ -33,7 +33,15 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run slow tests (real data, long)")
 
 
+# the modules that take longest (seconds on one worker, `--durations=0`), started first so that under
+# `pytest -n 2 --dist loadfile` no worker is left with a long module at the end while the other idles
+LONGEST_MODULES = ("test_distributed.py", "test_reliability.py", "test_examples.py", "test_end_to_end.py",
+                   "test_pretrained.py", "test_serve.py", "test_algorithm_options.py", "test_inner_checkpoint.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: pass --runslow")

@@ -126,7 +126,7 @@ def test_predict_errors_are_one_line(saved, run, tmp_path, capsys):
 
 
 def test_ctrl_c_during_predict_exits_130(saved, tmp_path):
-    write_images(tmp_path / "images", sizes=[(600, 800)] * 40)
+    write_images(tmp_path / "images", sizes=[(600, 800)] * 20)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "fewseg", "predict", "--adapted", str(saved), "--images",
                              str(tmp_path / "images"), "--output", str(tmp_path / "out")],
