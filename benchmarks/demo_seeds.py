@@ -19,8 +19,11 @@ def load(paths: list[Path]) -> dict[int, dict[int, dict[str, float]]]:
     """{seed: {shots: {method: mIoU %}}}, methods in the order of the demo's table."""
     runs = {}
     for path in paths:
-        record = json.loads(Path(path).read_text())
-        seed = int(record["config"]["seed"])
+        try:
+            record = json.loads(Path(path).read_text())
+            seed = int(record["config"]["seed"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}: not a readable demo eval.json ({type(exc).__name__}: {exc})") from None
         if seed in runs:
             raise SystemExit(f"{path}: seed {seed} appears twice")
         runs[seed] = {int(k): {m: 100 * v["miou"] for m, v in r.items()} for k, r in record["results"].items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from conftest import SMALL_TUNING
 from PIL import Image
 
 from fewseg.config import config_from_dict
@@ -17,8 +18,8 @@ TINY_UNET = {
     "algorithm": {"name": "maml", "inner_steps": 2, "inner_lr": 0.1},
     "train": {"iterations": 2, "meta_batch": 2, "shots": 2, "queries": 2, "val_every": 2, "val_episodes": 2,
               "checkpoint_every": 2},
-    "eval": {"episodes": 2, "shots": [1], "long_steps": 2, "transfer_images": 8, "lr_select_episodes": 1,
-             "tune_steps": [0, 1, 2], "tune_rate_scales": [1.0], "tune_views": 1},  # a small plan search
+    "eval": {**SMALL_TUNING, "episodes": 2, "shots": [1], "long_steps": 2, "transfer_images": 8,
+             "lr_select_episodes": 1},
 }
 
 

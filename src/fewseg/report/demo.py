@@ -75,8 +75,8 @@ class DemoWork:
         self.cfg, self.curve_episodes, self.step_grid = cfg, curve_episodes, step_grid
         self.done_iterations = 0
         steps = cfg.algorithm.eval_steps if cfg.algorithm.eval_steps is not None else cfg.algorithm.inner_steps
-        planned = {cfg.algorithm.name: steps, "zero-shot": 0, "random-init": steps, "random-init-long": cfg.eval.long_steps,
-                   "transfer": steps, "prototype": 0}
+        planned = {cfg.algorithm.name: steps, "zero-shot": 0, "random-init": steps,
+                   "random-init-long": cfg.eval.long_steps, "transfer": steps, "prototype": 0}
         total = (self.train_units() + self.setup_units(steps)
                  + self._eval_units({name: (k, cfg.eval.long_episodes if name == "random-init-long" else 0)
                                      for name, k in planned.items()}) + self._curve_units(3))
