@@ -128,7 +128,7 @@ def test_an_unknown_recipe_lists_the_shipped_ones():
 DEMO_RECIPE = {
     "seed": 0, "data": {"name": "synthetic", "image_size": 48},
     "model": {"name": "unet", "options": {"depth": 3, "width": 8}},
-    "algorithm": {"name": "maml++", "inner_steps": 5, "inner_lr": 0.2, "eval_steps": 10},
+    "algorithm": {"name": "maml++", "first_order": True, "inner_steps": 5, "inner_lr": 0.2, "eval_steps": 10},
     "train": {"iterations": 200, "meta_batch": 4, "shots": 5, "queries": 5, "outer_lr": 0.001, "grad_clip": 1.0,
               "schedule": "cosine", "val_every": 100, "val_episodes": 40, "checkpoint_every": 100},
     "eval": {"shots": [1, 5], "episodes": 100, "long_steps": 100, "long_episodes": 40},

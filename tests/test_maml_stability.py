@@ -8,8 +8,9 @@ seed 0's). Training then spends its first ~60 iterations on clipped, chaotic met
 never catches up (best val mIoU 0.32 against 0.64 for seed 0).
 
 The same initialisation reproduces it on a small configuration of the recipe (24 px, 2 tasks of 2 + 2 images).
-The recipe now trains MAML++ with the meta-gradient clipped at 1: its first-order warm-up leaves the sharp region
-before the second-order steps begin (on this small configuration; at full size seed 1 can still explode later).
+The recipe now trains first-order MAML++ with the meta-gradient clipped at 1: the exploding second-order term is
+never formed. (A first-order warm-up followed by second-order steps, the previous recipe, exploded again at full
+size; a smaller inner rate, 0.1, collapsed to predicting background on seed 2.)
 """
 import json
 
@@ -37,7 +38,8 @@ def meta_gradient_norm(algo, batch, first_order: bool, iteration: int = 0) -> fl
 def test_plain_second_order_maml_explodes_at_the_seed1_init(tmp_path):
     """The hazard itself: without it the stability test below would prove nothing (if this ever fails, pick a
     small configuration where plain second-order MAML explodes again)."""
-    cfg = load_config("synthetic_maml", [*SMALL, f"output={tmp_path}", "algorithm.name=maml"])
+    cfg = load_config("synthetic_maml", [*SMALL, f"output={tmp_path}", "algorithm.name=maml",
+                                         "algorithm.first_order=false"])
     trainer = Trainer(cfg, progress=False)
     batch = trainer.sampler.meta_batch(cfg.train.meta_batch)  # the first meta-batch of training
     second = meta_gradient_norm(trainer.algo, batch, first_order=False)
@@ -45,23 +47,24 @@ def test_plain_second_order_maml_explodes_at_the_seed1_init(tmp_path):
     assert second > 100 * first, (second, first)
 
 
-def test_the_recipes_first_order_warm_up_leaves_the_sharp_region(tmp_path):
-    """The fix the recipe adopts (MAML++: first-order meta-steps first, then second order, the meta-gradient
-    clipped at 1). From the seed-1 init, where the exact second-order meta-gradient is ~600x the first-order one,
-    10 first-order meta-steps (50 in the full recipe) reach weights where it is within 10x (~5x here). Plain MAML
-    from the same init stays at ~60x after 20 clipped second-order steps. (At the recipe's full size this is not
-    enough on every seed: docs/results.md, "Why plain MAML fails on seed 1", records seed 1 exploding again later.)"""
-    cfg = load_config("synthetic_maml", [*SMALL, f"output={tmp_path}", "train.iterations=10",
-                                         "algorithm.options={first_order_iterations: 10}"])
-    assert cfg.algorithm.name == "maml++" and cfg.train.grad_clip == 1.0  # the shipped recipe's fix
+def test_the_recipes_meta_gradient_stays_bounded_where_second_order_explodes(tmp_path):
+    """The fix the recipe adopts: first-order MAML++ (every meta-step first order, the meta-gradient clipped at 1).
+    The earlier fix, a first-order warm-up of 50 iterations, left the sharp region on this small configuration but
+    not at full size: seed 1 exploded again once second-order steps began (docs/results.md, "Why plain MAML fails
+    on seed 1"). Here the recipe's own meta-gradient, past any warm-up, stays within 10x of the first-order one at
+    the seed-1 init (the previous recipe's was ~600x), and 10 of its meta-steps from that init never spike."""
+    cfg = load_config("synthetic_maml", [*SMALL, f"output={tmp_path}", "train.iterations=10"])
+    assert cfg.algorithm.name == "maml++" and cfg.algorithm.first_order and cfg.train.grad_clip == 1.0
     trainer = Trainer(cfg, progress=False)
     batch = trainer.sampler.meta_batch(cfg.train.meta_batch)
-    after = 10**6  # past the warm-up and the multi-step loss: plain second-order meta-gradients
-    ratio_at_init = (meta_gradient_norm(trainer.algo, batch, False, after)
-                     / meta_gradient_norm(trainer.algo, batch, True, after))
+    after = 10**6  # past any warm-up and the multi-step loss
+    algo = trainer.algo
+    recipe = meta_gradient_norm(algo, batch, algo.first_order, after)
+    exact = meta_gradient_norm(algo, batch, False, after)
+    first = meta_gradient_norm(algo, batch, True, after)
+    assert exact > 100 * first and recipe < 10 * first, (recipe, exact, first)
     trainer.fit()
-    norms = [json.loads(line)["grad_norm"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert len(norms) == 10 and max(norms) < 10.0, norms  # the warm-up itself: no spike
-    ratio = (meta_gradient_norm(trainer.algo, batch, False, after)
-             / meta_gradient_norm(trainer.algo, batch, True, after))
-    assert ratio_at_init > 100 and ratio < 10, (ratio_at_init, ratio)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    norms = [entry["grad_norm"] for entry in log if "grad_norm" in entry]
+    assert len(norms) == 10 and max(norms) < 10.0, norms
+    assert log[-1]["loss"] < log[0]["loss"], (log[0]["loss"], log[-1]["loss"])

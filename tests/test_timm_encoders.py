@@ -230,7 +230,8 @@ def test_adapt_pattern_groups_name_the_stages():
 
 
 TIMM_TINY = ["model.name=timm-unet", f"model.options={{encoder: {ENCODER}, decoder_width: 4}}",
-             "data.image_size=32", "algorithm.name=maml", "algorithm.inner_steps=1", "algorithm.inner_lr=0.1",
+             "data.image_size=32", "algorithm.name=maml", "algorithm.first_order=false", "algorithm.inner_steps=1",
+             "algorithm.inner_lr=0.1",
              "train.iterations=2", "train.meta_batch=2", "train.shots=2", "train.queries=2", "train.val_every=2",
              "train.val_episodes=1", "train.checkpoint_every=2", "eval.tune=false", "seed=1"]
 

@@ -31,7 +31,7 @@ QUICK = ["train.iterations=10", "train.meta_batch=2", "train.val_every=5", "trai
 
 REPRODUCIBILITY_NOTE = (
     "Note: these results are bit-identical only on the same machine, torch build and thread count; across CPUs,\n"
-    "second-order meta-training amplifies rounding differences, so compare against the multi-seed mean ± spread\n"
+    "meta-training amplifies rounding differences, so compare against the multi-seed mean ± spread\n"
     "in docs/results.md.")
 
 
