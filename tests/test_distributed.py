@@ -58,7 +58,8 @@ def test_two_ranks_give_the_evaluation_of_one_process(two_ranks):
 def tiny(out: Path, *extra: str) -> list[str]:
     """The demo recipe, small; plain second-order MAML unless ``extra`` names another algorithm."""
     return ["--config", "synthetic_maml", "--no-progress", "algorithm.name=maml", "algorithm.first_order=false",
-            "data.image_size=16", "model.options.depth=2", "model.options.width=4", "train.meta_batch=3", "train.shots=2", "train.queries=2",
+            "data.image_size=16", "model.options.depth=2", "model.options.width=4", "train.meta_batch=3",
+            "train.shots=2", "train.queries=2",
             "train.iterations=3", "train.val_every=3", "train.val_episodes=3", "train.checkpoint_every=1",
             "train.schedule=constant", "algorithm.inner_steps=2", "algorithm.eval_steps=2", "eval.tune=false",
             f"output={out}", *extra]
