@@ -60,7 +60,7 @@ class MAMLPlusPlus(MetaAlgorithm):
             raise ValueError("msl_iterations and first_order_iterations must be >= 0")
         if self.first_order and non_default(MAMLPlusPlus.__init__, first_order_iterations=first_order_iterations):
             raise ValueError("first_order_iterations (derivative-order annealing) does not apply with "
-                             "first_order=True (every iteration is first order)")
+                             "first_order=True (every iteration is first order); set first_order=false with it")
         self.multi_step_loss, self.msl_iterations = bool(multi_step_loss), int(msl_iterations)
         self.learned_rates, self.first_order_iterations = bool(learned_rates), int(first_order_iterations)
         self.learns_rates = self.learned_rates  # test time: learned per-step rates are used as learned
