@@ -210,6 +210,61 @@ def test_probe_with_a_hidden_layer_meta_learns_its_head_over_cached_features():
         fewseg.create_model("lite-probe", hidden=-1)
 
 
+def test_feature_cache_gives_the_uncached_numbers_and_the_same_meta_gradient():
+    import fewseg
+    torch.manual_seed(0)
+    plain = fewseg.create_model("lite-probe", hidden=8)
+    cached = fewseg.create_model("lite-probe", hidden=8, feature_cache=16)
+    cached.load_state_dict(plain.state_dict())
+    for net in (plain, cached):
+        torch.nn.init.normal_(net.head[-1].weight, std=0.1)
+    cached.load_state_dict(plain.state_dict())
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(cached.features(x), plain.features(x), atol=1e-6)
+        assert (cached.feature_cache.misses, cached.feature_cache.hits) == (3, 0)
+        again = cached.features(torch.cat([x[2:], torch.rand(1, 3, 32, 32)]))  # one hit, one new image
+        assert torch.equal(again[0], cached.features(x[2:])[0])
+        assert (cached.feature_cache.misses, cached.feature_cache.hits) == (4, 2)
+        x[0, 0, 0, 0] += 1e-3  # a changed pixel is a different image
+        cached.features(x[:1])
+        assert cached.feature_cache.misses == 5
+        # changed encoder weights (load_state_dict copies in place) make every stored entry stale
+        state = {k: v.clone() for k, v in plain.state_dict().items()}
+        state["encoder._conv_stem.weight"] += 0.01
+        cached.load_state_dict(state)
+        cached.features(x[1:2])
+        assert cached.feature_cache.misses == 6
+        cached.load_state_dict(plain.state_dict())
+    grads = []
+    for net in (plain, cached):
+        algo = fewseg.create_algorithm("meta-sgd", net, inner_steps=2, inner_lr=0.1)
+        net.zero_grad()
+        for _ in range(2):  # the second pass reads every feature from the cache
+            algo.meta_backward(random_batch(T=2, S=2, Q=1, size=32, seed=3), iteration=0)
+        grads.append([p.grad.clone() for n, p in net.named_parameters() if n.startswith("head.")])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    assert cached.feature_cache.hits > 0
+    with pytest.raises(ValueError, match="feature_cache"):
+        fewseg.create_model("lite-probe", feature_cache=-1)
+
+
+def test_feature_cache_stays_within_its_size():
+    from fewseg.models.feature_cache import FeatureCache
+    cache = FeatureCache(max_mb=3 * 4 * 64 * 4 / 2 ** 20)  # room for three [4,8,8] float32 features
+
+    def encode(x):
+        return x[:, :1].repeat(1, 4, 1, 1)
+    images = torch.rand(5, 3, 8, 8)
+    for i in range(5):
+        cache(images[i:i + 1], encode, stamp=0)
+    assert len(cache) == 3 and cache.bytes <= cache.max_bytes
+    cache(images[4:5], encode, stamp=0)
+    assert cache.hits == 1
+    cache(images[0:1], encode, stamp=0)  # the oldest was evicted
+    assert cache.misses == 6
+
+
 TINY = ["model.name=lite-unet", "model.options={pretrained: imagenet, decoder_width: 4, freeze_encoder: true}",
         "data.image_size=32", "algorithm.name=fomaml", "algorithm.inner_steps=1", "algorithm.inner_lr=0.1",
         "train.iterations=2", "train.meta_batch=2", "train.shots=2", "train.queries=2", "train.val_every=2",

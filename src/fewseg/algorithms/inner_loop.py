@@ -34,10 +34,19 @@ Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 
 
 def make_forward(model: torch.nn.Module, buffers: Mapping[str, torch.Tensor]) -> Forward:
-    """forward(params, images [N,3,H,W]) -> logits [N,1,H,W], running ``model`` with the given weights."""
+    """forward(params, images [N,3,H,W]) -> logits [N,1,H,W], running ``model`` with the given weights.
+
+    Entries that are the model's own tensors (as they were when the forward was made) are not swapped in: the
+    same numbers, without re-binding every tensor of a large frozen encoder at every call. Without tied weights
+    the untying walk over every module is skipped too."""
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    # tied weights (one tensor under two names) need functional_call's untying walk over every module; others not
+    tied = len(list(model.named_parameters(remove_duplicate=False))) + len(list(model.named_buffers(
+        remove_duplicate=False))) != len(own)
 
     def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, {**params, **buffers}, (x,), strict=False)
+        swap = {k: v for k, v in {**params, **buffers}.items() if own.get(k) is not v}
+        return functional_call(model, swap, (x,), strict=False, tie_weights=tied)
 
     return forward
 

@@ -33,13 +33,16 @@ from fewseg.registry import ALGORITHMS, MODELS
 
 # the default grid of the probe's schedule: config keys eval.probe_steps, eval.probe_rates
 PROBE_STEPS, PROBE_RATES = tuple(EvalConfig().probe_steps), tuple(EvalConfig().probe_rates)
+# the frozen baselines see the same query images for every shot count, schedule and rate: keep their features
+BASELINE_CACHE_MB = 512
 
 
 def probe_algorithm(encoder: str = "efficientnet_lite0", pretrained="imagenet", steps: int = 100,
                     lr: float = 0.03, loss: str = "balanced-bce", in_channels: int = 3):
     """The linear probe as a fewseg algorithm: Reptile (Adam inner loop) adapting only the head of a
     ``lite-probe`` model; ``steps`` and ``lr`` are its test-time schedule."""
-    model = MODELS.create("lite-probe", encoder=encoder, pretrained=pretrained, in_channels=in_channels)
+    model = MODELS.create("lite-probe", encoder=encoder, pretrained=pretrained, in_channels=in_channels,
+                          feature_cache=BASELINE_CACHE_MB)
     return ALGORITHMS.create("reptile", model, inner_optimizer="adam", inner_steps=steps, inner_lr=lr,
                              loss=loss, adapt_pattern="@head").eval()
 
@@ -71,7 +74,8 @@ def select_probe_schedule(algo, episodes: Sequence[Episode], steps_grid=PROBE_ST
 
 def frozen_features(encoder: str = "efficientnet_lite0", in_channels: int = 3, device="cpu"):
     """The frozen ImageNet feature extractor ([N,C,H,W] images in [0,1] -> [N,D,H/8,W/8]) of the prototype."""
-    model = MODELS.create("lite-probe", encoder=encoder, pretrained="imagenet", in_channels=in_channels)
+    model = MODELS.create("lite-probe", encoder=encoder, pretrained="imagenet", in_channels=in_channels,
+                          feature_cache=BASELINE_CACHE_MB)
     return model.to(device).eval().features
 
 

