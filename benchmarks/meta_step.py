@@ -17,6 +17,7 @@ same run. Strategies:
 
     python benchmarks/meta_step.py                          # seed-cnn and unet, 64x64, T=4, S=Q=5, K=5
     python benchmarks/meta_step.py --size 128 --models unet --strategies plain loop
+    python benchmarks/meta_step.py --size 128 --models unet lite-unet --strategies plain loop loop-fo
     python benchmarks/meta_step.py --models unet --strategies loop graph vmap --tasks 1 2 4 8 16 \
         --plot docs/memory_vs_tasks.png                     # memory as the meta-batch grows
 """
@@ -34,7 +35,14 @@ import torch
 
 
 def model_kwargs(name: str) -> dict:
-    return {"depth": 4, "width": 16} if name == "unet" else {}
+    """The measured networks: the U-Net of the tables, and the Lite0 U-Net as the pretrained recipes build it
+    (ImageNet BatchNorm statistics frozen, decoder width 16; random weights cost the same as the packaged ones,
+    and every parameter adapts)."""
+    if name == "unet":
+        return {"depth": 4, "width": 16}
+    if name == "lite-unet":
+        return {"decoder_width": 16, "batchnorm": "frozen-stats"}
+    return {}
 
 
 def rss_mb() -> float:
