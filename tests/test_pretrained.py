@@ -360,3 +360,16 @@ def test_probe_schedule_is_chosen_on_validation_episodes_and_scores_as_a_fresh_r
     assert abs(fresh - score) < 1e-9  # scored after step k of a longer run = a run of k steps
     for k, r in [(2, 0.03), (5, 0.03), (2, 0.3), (5, 0.3)]:
         assert evaluate(MetaLearner(algo, steps=k, lr=r), episodes)["miou"] <= score + 1e-9
+
+
+@pytest.mark.parametrize("size", [(64, 64), (224, 300), (100, 7), (8, 8)])
+def test_probe_upsampling_is_bilinear_interpolation(size):
+    from fewseg.models.lite_unet import upsample_bilinear
+    x = torch.randn(2, 3, 8, 11, requires_grad=True)
+    ours = upsample_bilinear(x, size)
+    ref = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-5)
+    g = torch.randn_like(ref)
+    (ga,) = torch.autograd.grad(ours, x, g)
+    (gb,) = torch.autograd.grad(ref, x, g)
+    assert torch.allclose(ga, gb, atol=1e-4)

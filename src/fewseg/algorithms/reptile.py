@@ -41,7 +41,8 @@ class Reptile(MetaAlgorithm):
         if self.inner_optimizer == "sgd":
             return super().adapt_steps(spec, params, x, y, ignore, steps, on_step)
         names = list(spec.adapt_names)
-        phi = {n: p.detach().clone().requires_grad_(n in names) for n, p in params.items()}
+        # the adapted tensors are copies; the others stay views of the model's own (the forward then leaves them be)
+        phi = {n: p.detach().clone().requires_grad_(True) if n in names else p.detach() for n, p in params.items()}
         if steps == 0:
             return phi
         opt = torch.optim.Adam([phi[n] for n in names], lr=float(spec.lr_for(0, names[0])))

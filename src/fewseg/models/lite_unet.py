@@ -29,6 +29,7 @@ Example (random weights; ``pretrained="imagenet"`` reads the packaged ones):
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -178,7 +179,32 @@ class LiteProbe(nn.Module):
             return self.encode(x.images)
         feats = x if isinstance(x, EncoderFeatures) else self.encode(x)
         logits = self.head(feats.maps[0])
-        return F.interpolate(logits, size=tuple(feats.size), mode="bilinear", align_corners=False)
+        return upsample_bilinear(logits, tuple(feats.size))
+
+
+@functools.lru_cache(maxsize=64)
+def _interpolation_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """[n_out, n_in] weights of 1-D linear interpolation as ``F.interpolate(..., align_corners=False)`` samples."""
+    dst = torch.arange(n_out, dtype=torch.float64)
+    src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    w1 = src - i0
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    weights[dst.long(), i0] += 1 - w1
+    weights[dst.long(), i1] += w1
+    return weights.to(dtype=dtype, device=device)
+
+
+def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` for [N,C,h,w] as two small matrix
+    products (bilinear interpolation is separable): the same numbers to float rounding, and a backward about twice
+    as fast on the CPU as interpolate's (what the probe's adaptation steps spend most on)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    rows = _interpolation_matrix(x.shape[-2], size[0], x.dtype, str(x.device))
+    cols = _interpolation_matrix(x.shape[-1], size[1], x.dtype, str(x.device))
+    return rows @ x @ cols.T
 
 
 MODELS.register("lite-unet")(LiteUNet)
