@@ -38,7 +38,6 @@ from torch import nn
 
 from fewseg.models.efficientnet_lite import EfficientNetLite, load_weights, read_imagenet_weights
 from fewseg.models.encoded import EncodeOnly, EncoderFeatures
-from fewseg.models.feature_cache import FeatureCache
 from fewseg.models.encoder_unet import (
     LITE_NORMALIZATION,
     NAMED_NORMALIZATIONS,
@@ -49,6 +48,7 @@ from fewseg.models.encoder_unet import (
     register_input_statistics,
     resolve_batchnorm,
 )
+from fewseg.models.feature_cache import FeatureCache
 from fewseg.models.norms import apply_batchnorm_policy
 from fewseg.models.weights import read_state_dict
 from fewseg.registry import MODELS
