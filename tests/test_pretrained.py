@@ -384,3 +384,14 @@ def test_probe_upsampling_is_bilinear_interpolation(size):
     (ga,) = torch.autograd.grad(ours, x, g)
     (gb,) = torch.autograd.grad(ref, x, g)
     assert torch.allclose(ga, gb, atol=1e-4)
+
+
+def test_feature_cache_stays_out_of_traced_graphs_and_rebuilt_networks():
+    from fewseg.models import weights_free_options
+    net = fewseg.create_model("lite-probe", hidden=4, feature_cache=8).eval()
+    torch.nn.init.normal_(net.head[-1].weight, std=0.5)
+    x, other = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, (x,))
+        assert torch.allclose(traced(other), net(other), atol=1e-5)  # not the traced image's cached features
+    assert weights_free_options("lite-probe", {"pretrained": "imagenet", "feature_cache": 2048})["feature_cache"] == 0

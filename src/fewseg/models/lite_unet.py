@@ -14,7 +14,9 @@ file in the reference key names; ``batchnorm``: ``auto`` = ``frozen-stats`` with
 statistics, per-image processing), ``group-norm`` from scratch, or ``frozen-stats`` / ``batch-stats`` /
 ``group-norm``; ``freeze_encoder``; ``decoder_width``; ``in_channels`` (a 3-channel stem is summed or repeated
 for other counts); ``feature_cache`` (``lite-probe``: megabytes of features kept for images seen before, keyed by
-their content, see :mod:`fewseg.models.feature_cache`; 0, the default, keeps none). Images are normalised inside the model as the weights expect, ``(x * 255 - 127.5) / 128``.
+their content, see :mod:`fewseg.models.feature_cache`; 0, the default, keeps none; a network rebuilt from a
+checkpoint or an adapted model keeps none either, so a served model does not grow). Images are normalised inside
+the model as the weights expect, ``(x * 255 - 127.5) / 128``.
 
 Example (random weights; ``pretrained="imagenet"`` reads the packaged ones):
     >>> import torch, fewseg
@@ -145,7 +147,8 @@ class LiteProbe(nn.Module):
     def weights_free_options(options: dict) -> dict:
         """``options`` that rebuild this network without reading its pretrained weights."""
         normalize = options.get("normalize", "auto")
-        return {**options, "pretrained": False, "normalize": "lite" if normalize == "auto" else normalize}
+        return {**options, "pretrained": False, "normalize": "lite" if normalize == "auto" else normalize,
+                "feature_cache": 0}
 
     def parameter_groups(self) -> dict[str, str]:
         return {"encoder": r"^encoder\.", "head": r"^head\."}
@@ -154,7 +157,7 @@ class LiteProbe(nn.Module):
         """Images [B,C,H,W] in [0,1] -> one map [B,152..,H/8,W/8] of normalised features (times ``scale``); from
         the ``feature_cache`` for images seen before (the encoder is frozen, so they are the same numbers)."""
         encoder = [*self.encoder.parameters(), *self.encoder.buffers()]
-        if self.feature_cache is None or x.device.type == "meta" or (
+        if self.feature_cache is None or x.device.type == "meta" or _tracing() or (
                 torch.is_grad_enabled() and any(p.requires_grad for p in encoder)):
             return EncoderFeatures([self._features(x)], tuple(x.shape[-2:]))
         stamp = tuple((p.data_ptr(), p._version) for p in encoder)
@@ -180,6 +183,11 @@ class LiteProbe(nn.Module):
         feats = x if isinstance(x, EncoderFeatures) else self.encode(x)
         logits = self.head(feats.maps[0])
         return upsample_bilinear(logits, tuple(feats.size))
+
+
+def _tracing() -> bool:
+    """Inside torch.jit / torch.export / torch.compile tracing, where a cache lookup cannot be part of the graph."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
 @functools.lru_cache(maxsize=64)
