@@ -2,7 +2,7 @@
 import torch
 from torch.func import functional_call
 
-from fewseg.algorithms.inner_loop import make_forward
+from fewseg.algorithms.inner_loop import detached, make_forward
 
 
 class Net(torch.nn.Module):
@@ -16,13 +16,14 @@ class Net(torch.nn.Module):
         return self.head(self.norm(self.frozen(x)))
 
 
-def test_forward_gives_functional_calls_numbers_and_gradients_for_new_detached_and_own_tensors():
+def test_forward_gives_functional_calls_numbers_and_gradients_for_new_and_own_tensors():
     torch.manual_seed(0)
     net = Net()
     buffers = dict(net.named_buffers())
     forward = make_forward(net, buffers)
     x = torch.rand(2, 3, 5, 5)
-    params = {n: p.detach() for n, p in net.named_parameters()}  # frozen ones: views of the model's own
+    params = {n: detached(p) for n, p in net.named_parameters()}
+    assert params["frozen.weight"] is net.frozen.weight and params["head.bias"] is not net.head.bias
     params["head.weight"] = (net.head.weight * 2).detach().requires_grad_(True)  # a new tensor: swapped in
     params["frozen.bias"] = params["frozen.bias"] + 1.0  # new values for a frozen tensor: swapped in
     out = forward(params, x)

@@ -35,7 +35,7 @@ from torch import nn
 
 from fewseg.algorithms.adapted import Adapted
 from fewseg.algorithms.execution import accumulate_meta_gradient, whole_graph_loss
-from fewseg.algorithms.inner_loop import Forward, InnerLoopSpec, Params, inner_loop, make_forward
+from fewseg.algorithms.inner_loop import Forward, InnerLoopSpec, Params, detached, inner_loop, make_forward
 from fewseg.algorithms.options import CORE_OPTIONS, check_core_values, resolve_options
 from fewseg.algorithms.test_time import (
     AdaptationPlan,
@@ -232,8 +232,8 @@ class MetaAlgorithm(nn.Module):
         rates = self._rates(steps, lr, lr_scale)
         params, forward = self.params_and_forward()
         with torch.no_grad():
-            start = {n: p.detach() for n, p in self.task_start(params, support_x, support_y, support_ignore).items()}
-            fixed = {k: {n: p.detach() for n, p in self.step_params(min(k, self.inner_steps)).items()}
+            start = {n: detached(p) for n, p in self.task_start(params, support_x, support_y, support_ignore).items()}
+            fixed = {k: {n: detached(p) for n, p in self.step_params(min(k, self.inner_steps)).items()}
                      for k in range(steps + 1)}
             view = self.inner_view(forward, start)
             inputs = view.inputs(support_x)
@@ -241,7 +241,7 @@ class MetaAlgorithm(nn.Module):
                                step_params=fixed.__getitem__)
 
         def adapted(k: int, p: Params) -> Adapted:  # the whole network's weights after step k
-            return Adapted(forward, {n: v.detach() for n, v in {**p, **fixed[k]}.items()})
+            return Adapted(forward, {n: detached(v) for n, v in {**p, **fixed[k]}.items()})
         seen = None if on_step is None else (lambda k, p: on_step(k, adapted(k, p)))
         return adapted(steps, self.adapt_steps(spec, start, inputs, support_y, support_ignore, steps, on_step=seen))
 

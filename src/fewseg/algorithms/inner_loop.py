@@ -36,45 +36,25 @@ Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 def make_forward(model: torch.nn.Module, buffers: Mapping[str, torch.Tensor]) -> Forward:
     """forward(params, images [N,3,H,W]) -> logits [N,1,H,W], running ``model`` with the given weights.
 
-    Entries that are the model's own tensors (as they were when the forward was made, or detached views of the
-    frozen ones) are not swapped in: the
-    same numbers, without re-binding every tensor of a large frozen encoder at every call. Without tied weights
-    the untying walk over every module is skipped too."""
+    Entries that are the model's own tensors (as they were when the forward was made) are not swapped in: the same
+    numbers, without re-binding every tensor of a large frozen encoder at every call (hence :func:`detached`).
+    Without tied weights functional_call's untying walk over every module is skipped too."""
     own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     # tied weights (one tensor under two names) need functional_call's untying walk over every module; others not
     tied = len(list(model.named_parameters(remove_duplicate=False))) + len(list(model.named_buffers(
         remove_duplicate=False))) != len(own)
 
-    known: dict[int, torch.Tensor] = {}  # id -> a tensor found to be the model's own (held, so the id stays its)
-
-    def unchanged(k: str, v: torch.Tensor) -> bool:
-        if known.get(id(v)) is v:
-            return True
-        if not _same_tensor(v, own.get(k)):
-            return False
-        if len(known) > 4 * len(own):
-            known.clear()
-        known[id(v)] = v
-        return True
-
     def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
-        swap = {k: v for k, v in {**params, **buffers}.items() if not unchanged(k, v)}
+        swap = {k: v for k, v in {**params, **buffers}.items() if own.get(k) is not v}
         return functional_call(model, swap, (x,), strict=False, tie_weights=tied)
 
     return forward
 
 
-def _same_tensor(value: torch.Tensor, own: torch.Tensor | None) -> bool:
-    """Whether running the model with ``value`` in place of its ``own`` tensor changes nothing: the very tensor, or
-    a view of the same memory (a ``.detach()``) where neither takes part in autograd."""
-    if own is None:
-        return False
-    if value is own:
-        return True
-    if value.requires_grad or own.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(value):
-        return False
-    return (value.device == own.device and value.dtype == own.dtype and value.shape == own.shape
-            and value.stride() == own.stride() and value.data_ptr() == own.data_ptr())
+def detached(t: torch.Tensor) -> torch.Tensor:
+    """``t.detach()``, or ``t`` itself when it takes no part in autograd (a frozen weight): the same numbers, and
+    the very tensor, so :func:`make_forward` need not swap it in."""
+    return t.detach() if t.requires_grad else t
 
 
 @dataclass(frozen=True)
@@ -140,7 +120,7 @@ def inner_loop(spec: InnerLoopSpec, params: Params, x: torch.Tensor, y: torch.Te
     keep_graph = spec.keep_graph
     anchor = {n: params[n].detach() if not keep_graph else params[n] for n in spec.adapt_names}
     if not keep_graph:
-        params = {n: (p.detach().requires_grad_(True) if n in anchor else p.detach()) for n, p in params.items()}
+        params = {n: (p.detach().requires_grad_(True) if n in anchor else detached(p)) for n, p in params.items()}
     trajectory = [params]
     for step in range(steps):
         params = inner_step(spec, params, x, y, ignore, step, anchor=anchor)

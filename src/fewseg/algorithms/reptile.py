@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from fewseg.algorithms.base import MetaAlgorithm
-from fewseg.algorithms.inner_loop import InnerLoopSpec, Params
+from fewseg.algorithms.inner_loop import InnerLoopSpec, Params, detached
 from fewseg.choices import INNER_OPTIMIZERS
 from fewseg.data.episode import MetaBatch
 from fewseg.distributed import SINGLE, ProcessGroup
@@ -41,8 +41,7 @@ class Reptile(MetaAlgorithm):
         if self.inner_optimizer == "sgd":
             return super().adapt_steps(spec, params, x, y, ignore, steps, on_step)
         names = list(spec.adapt_names)
-        # the adapted tensors are copies; the others stay views of the model's own (the forward then leaves them be)
-        phi = {n: p.detach().clone().requires_grad_(True) if n in names else p.detach() for n, p in params.items()}
+        phi = {n: p.detach().clone().requires_grad_(True) if n in names else detached(p) for n, p in params.items()}
         if steps == 0:
             return phi
         opt = torch.optim.Adam([phi[n] for n in names], lr=float(spec.lr_for(0, names[0])))

@@ -4,7 +4,7 @@ A frozen encoder gives the same features for the same image every time, yet meta
 again in episode after episode, and an evaluation feeds the same query images to every method, shot count and
 schedule candidate. ``lite-probe`` (option ``feature_cache``, in MB) keeps the features of the images it has
 seen: a hit returns the stored tensor, the misses of a batch are encoded together. The key is a digest of the
-image's bytes (with its dtype and shape) and a stamp of the encoder weights (the stem weight's storage and
+image's bytes (with its dtype and shape) and a stamp of the encoder weights (each encoder tensor's storage and
 version counter, so ``load_state_dict`` or any in-place change of the weights invalidates every entry). Exact:
 an augmented image (flip, scale, jitter) is a different key, so caching pays off when training images come
 unaugmented (``data.augment: false``) or the same view recurs.
@@ -33,8 +33,7 @@ import torch
 def image_key(image: torch.Tensor) -> tuple:
     """(dtype, shape, 16-byte digest of the bytes) of one image [C,H,W]."""
     data = image.detach().to("cpu").contiguous()
-    digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes() if data.dtype != torch.bool
-                             else data.numpy().tobytes(), digest_size=16).digest()
+    digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(), digest_size=16).digest()
     return str(data.dtype), tuple(data.shape), digest
 
 
@@ -51,10 +50,6 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def clear(self) -> None:
-        self._store.clear()
-        self.bytes = 0
-
     def __call__(self, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor],
                  stamp: Hashable) -> torch.Tensor:
         """``encode(images)`` [B,...] for images [B,C,H,W], running ``encode`` on the images not yet stored."""
@@ -62,18 +57,15 @@ class FeatureCache:
         missing = [i for i, k in enumerate(keys) if k not in self._store]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        fresh = {}
+        found = {k: self._store[k] for k in keys if k in self._store}
+        for k in found:
+            self._store.move_to_end(k)  # recently used
         if missing:
             encoded = encode(images[missing])
             for j, i in enumerate(missing):
-                fresh[keys[i]] = encoded[j]
-        out = [fresh[k] if k in fresh else self._store[k] for k in keys]
-        for k, value in fresh.items():
-            self._put(k, value)
-        for k in keys:
-            if k in self._store:
-                self._store.move_to_end(k)
-        return torch.stack(out)
+                found[keys[i]] = encoded[j]
+                self._put(keys[i], encoded[j])
+        return torch.stack([found[k] for k in keys])
 
     def _put(self, key: tuple, value: torch.Tensor) -> None:
         size = value.numel() * value.element_size()
