@@ -266,6 +266,30 @@ def test_feature_cache_stays_within_its_size():
     assert cache.misses == 6
 
 
+def test_a_copied_probe_gets_an_empty_cache_and_fine_tuning_encodes_each_support_image_once():
+    import copy
+
+    import fewseg
+    from fewseg.baselines.finetune import FineTuneLearner
+    torch.manual_seed(0)
+    net = fewseg.create_model("lite-probe", hidden=4, feature_cache=8)
+    x, y = torch.rand(2, 3, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    with torch.no_grad():
+        net.features(x)
+    twin = copy.deepcopy(net)
+    assert len(net.feature_cache) == 2 and len(twin.feature_cache) == 0
+    assert twin.feature_cache is not net.feature_cache and twin.feature_cache.max_bytes == net.feature_cache.max_bytes
+    seen = []
+    FineTuneLearner(net, steps=4, lr=0.1).adapt(x, y, on_step=lambda k, m: seen.append(
+        (m.model.feature_cache.misses, m.model.feature_cache.hits)))
+    assert seen == [(2, 0), (2, 2), (2, 4), (2, 6)]  # step 1 encodes the two images, later steps read them
+    uncached = fewseg.create_model("lite-probe", hidden=4)
+    uncached.load_state_dict(net.state_dict())
+    a = FineTuneLearner(net, steps=3, lr=0.1).adapt(x, y).logits(x)
+    b = FineTuneLearner(uncached, steps=3, lr=0.1).adapt(x, y).logits(x)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
 TINY = ["model.name=lite-unet", "model.options={pretrained: imagenet, decoder_width: 4, freeze_encoder: true}",
         "data.image_size=32", "algorithm.name=fomaml", "algorithm.inner_steps=1", "algorithm.inner_lr=0.1",
         "train.iterations=2", "train.meta_batch=2", "train.shots=2", "train.queries=2", "train.val_every=2",

@@ -7,7 +7,9 @@ seen: a hit returns the stored tensor, the misses of a batch are encoded togethe
 image's bytes (with its dtype and shape) and a stamp of the encoder weights (each encoder tensor's storage and
 version counter, so ``load_state_dict`` or any in-place change of the weights invalidates every entry). Exact:
 an augmented image (flip, scale, jitter) is a different key, so caching pays off when training images come
-unaugmented (``data.augment: false``) or the same view recurs.
+unaugmented (``data.augment: false``) or the same view recurs. A copy of the network (``copy.deepcopy``, as the
+fine-tuning baselines make one per episode) gets an empty cache of the same size, not a copy of the stored
+features: its steps then encode each support image once, and nothing is duplicated.
 
 Example:
     >>> import torch
@@ -46,6 +48,10 @@ class FeatureCache:
         self.max_bytes = int(max_mb * 2 ** 20)
         self.bytes, self.hits, self.misses = 0, 0, 0
         self._store: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def __deepcopy__(self, memo) -> FeatureCache:
+        """An empty cache of the same size (the copy's encoder is other tensors: nothing stored would hit)."""
+        return FeatureCache(self.max_bytes / 2 ** 20)
 
     def __len__(self) -> int:
         return len(self._store)
