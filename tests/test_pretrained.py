@@ -266,27 +266,35 @@ def test_feature_cache_stays_within_its_size():
     assert cache.misses == 6
 
 
-def test_a_copied_probe_gets_an_empty_cache_and_fine_tuning_encodes_each_support_image_once():
+def test_a_copied_probe_gets_an_empty_cache_and_fine_tuning_copies_share_the_frozen_encoder():
     import copy
 
     import fewseg
-    from fewseg.baselines.finetune import FineTuneLearner
+    from fewseg.baselines.finetune import FineTuneLearner, tuning_copy
     torch.manual_seed(0)
     net = fewseg.create_model("lite-probe", hidden=4, feature_cache=8)
     x, y = torch.rand(2, 3, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
     with torch.no_grad():
         net.features(x)
-    twin = copy.deepcopy(net)
+    twin = copy.deepcopy(net)  # a plain copy: other encoder tensors, so an empty cache
     assert len(net.feature_cache) == 2 and len(twin.feature_cache) == 0
     assert twin.feature_cache is not net.feature_cache and twin.feature_cache.max_bytes == net.feature_cache.max_bytes
-    seen = []
-    FineTuneLearner(net, steps=4, lr=0.1).adapt(x, y, on_step=lambda k, m: seen.append(
-        (m.model.feature_cache.misses, m.model.feature_cache.hits)))
-    assert seen == [(2, 0), (2, 2), (2, 4), (2, 6)]  # step 1 encodes the two images, later steps read them
+    tuned = tuning_copy(net)  # the fine-tuning copy shares the frozen encoder and its cache, not the head
+    assert tuned.feature_cache is net.feature_cache
+    assert tuned.encoder._conv_stem.weight is net.encoder._conv_stem.weight
+    assert all(a is b for a, b in zip(tuned.encoder.buffers(), net.encoder.buffers()))
+    assert tuned.head[0].weight is not net.head[0].weight
+    learner = FineTuneLearner(net, steps=4, lr=0.1)
+    for _ in range(2):  # two episodes' copies: the two support images are never encoded again
+        learner.adapt(x, y)
+    assert net.feature_cache.misses == 2 and net.feature_cache.hits == 2 * 4 * 2  # images x steps x episodes
+    head = [p.clone() for p in net.head.parameters()]
     uncached = fewseg.create_model("lite-probe", hidden=4)
     uncached.load_state_dict(net.state_dict())
     a = FineTuneLearner(net, steps=3, lr=0.1).adapt(x, y).logits(x)
     b = FineTuneLearner(uncached, steps=3, lr=0.1).adapt(x, y).logits(x)
+    assert all(torch.equal(p, q) for p, q in zip(head, net.head.parameters()))  # the original is untouched
+    assert torch.allclose(a, b, atol=1e-5)  # cached or not, the same fine-tuned model
     assert torch.allclose(a, b, atol=1e-5)
 
 

@@ -21,6 +21,30 @@ from fewseg.algorithms.test_time import nearest_shots
 from fewseg.losses import get_loss
 
 
+def tuning_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` to fine-tune that shares its constant tensors with it instead of copying them:
+    parameters that take no gradient and the statistics of BatchNorm layers under the ``frozen-stats`` policy
+    (never updated), and the network's ``feature_cache``. A frozen encoder is then one set of tensors for every
+    episode's copy, so its cached features (keyed by those tensors) serve every copy, and nothing large is copied.
+    What the copy trains is its own.
+
+        >>> import fewseg
+        >>> net = fewseg.create_model("seed-cnn", width=4)
+        >>> _ = net[-1].requires_grad_(False)                 # the last layer frozen
+        >>> twin = tuning_copy(net)
+        >>> twin[-1].weight is net[-1].weight, twin[0].weight is net[0].weight
+        (True, False)
+    """
+    memo: dict[int, object] = {id(p): p for p in model.parameters() if not p.requires_grad}
+    for m in model.modules():
+        if getattr(m, "fewseg_batchnorm", None) == "frozen-stats":
+            memo.update({id(b): b for b in m.buffers(recurse=False)})
+    cache = getattr(model, "feature_cache", None)
+    if cache is not None:
+        memo[id(cache)] = cache
+    return copy.deepcopy(model, memo)
+
+
 @dataclass
 class FineTuned:
     model: torch.nn.Module
@@ -46,11 +70,12 @@ class FineTuneLearner:
     episode_batch: int = 1  # episodes :meth:`adapt_batch` may fine-tune at once (``eval.batch_episodes``)
 
     def adapt(self, support_x, support_y, support_ignore=None, on_step=None) -> FineTuned:
-        """The fine-tuned copy; ``on_step(k, fine_tuned_k)`` sees it after every step k = 1..steps (in eval mode)."""
-        model = copy.deepcopy(self.model)
+        """The fine-tuned copy (:func:`tuning_copy`); ``on_step(k, fine_tuned_k)`` sees it after every step
+        k = 1..steps (in eval mode)."""
+        model = tuning_copy(self.model)
         model.train()
         loss_fn = get_loss(self.loss)
-        params = [p for p in model.parameters()]
+        params = [p for p in model.parameters() if p.requires_grad]
         opt = self._optimizer(params)
         with torch.enable_grad():
             for k in range(self.steps):
