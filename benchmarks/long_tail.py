@@ -45,11 +45,10 @@ def learner_classes(path: Path) -> tuple[dict, dict[int, dict[int, float]]]:
 
 
 def cell(values: list[float]) -> str:
-    if not values:
-        return ""
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} [{max(values) - min(values):.1f}]"
+    """mean ± sd (fold_table's cell) and the spread (max - min) in brackets."""
+    from fold_table import cell as mean_sd  # benchmarks/ is the script's folder
+
+    return mean_sd(values) if len(values) < 2 else f"{mean_sd(values)} [{max(values) - min(values):.1f}]"
 
 
 def main(argv=None) -> None:
